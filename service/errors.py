@@ -1,0 +1,69 @@
+"""One error hierarchy; each error carries its HTTP status and a machine code.
+
+They are rendered as ``{"error": {"code", "message"}}`` in exactly one place (``service.app``).
+Messages say what went wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadImage(ServiceError):
+    status, code = 400, "bad_image"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class ModelNotFound(ServiceError):
+    status, code = 404, "model_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class BadParameter(ServiceError):
+    status, code = 422, "bad_parameter"
+
+
+class ModelNotReady(ServiceError):
+    status, code = 503, "model_not_ready"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class QueueFull(ServiceError):
+    status, code = 503, "queue_full"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class DeadlineExceeded(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class InferenceFailed(ServiceError):
+    status, code = 500, "inference_failed"
+
+
+class RepositoryError(ServiceError):
+    """A model folder or config.pbtxt that cannot be served as it is."""
+
+    status, code = 500, "repository_error"
