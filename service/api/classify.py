@@ -1,0 +1,209 @@
+"""POST /classify (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import ORJSONResponse
+from starlette.datastructures import UploadFile
+
+from service.cache import ResultCache
+from service.errors import (
+    BadImage,
+    BadParameter,
+    DeadlineExceeded,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.models import ModelInstance, ModelManager, softmax, topk
+from service.preprocess import decode, resize_crop
+
+router = APIRouter()
+
+RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
+
+
+@dataclass
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body is {declared} bytes, over the limit of {limit}: send smaller or fewer images"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes: send smaller or fewer images")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_uploads(request: Request, max_bytes: int, max_images: int) -> list[Upload]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, max_bytes)
+    if ctype == "multipart/form-data":
+        request._body = body  # parse the already size-checked body
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+        except Exception as e:  # starlette raises HTTPException / MultiPartException on bad input
+            raise BadImage(f"malformed multipart body: {getattr(e, 'detail', e)}") from e
+        parts = form.getlist("file")
+        if not parts:
+            raise BadParameter("multipart body has no part named 'file': send images as file=@image.jpg")
+        if len(parts) > max_images:
+            raise PayloadTooLarge(f"{len(parts)} images in one request, over the limit of {max_images}")
+        uploads = []
+        for i, p in enumerate(parts):
+            if not isinstance(p, UploadFile):
+                raise BadParameter(f"part {i} named 'file' is a text field, not a file upload")
+            uploads.append(Upload(p.filename, await p.read()))
+        await form.close()
+        return uploads
+    if ctype in RAW_TYPES:
+        return [Upload(None, body)]
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {ctype or '(none)'!r}: send multipart/form-data with 'file' parts, "
+        "or a raw body as image/jpeg, image/png, image/webp, image/bmp, image/gif or application/octet-stream"
+    )
+
+
+def parse_timeout(request: Request, default_s: float) -> float:
+    raw = request.headers.get("x-request-timeout-ms")
+    if raw is None:
+        return default_s
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1
+    if not ms > 0:
+        raise BadParameter(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
+    return ms / 1000
+
+
+def _prepare(inst: ModelInstance, data: bytes, max_pixels: int) -> np.ndarray:
+    """Blocking decode + preprocess (runs in the worker pool)."""
+    return inst.normalizer(resize_crop(decode(data, inst.preprocess, max_pixels), inst.preprocess))
+
+
+@router.post("/classify")
+async def classify(
+    request: Request,
+    model: str | None = Query(None, description="model name (default: the configured default model)"),
+    version: str | None = Query(None, description="model version (default: latest)"),
+    top_k: int = Query(5, ge=1, description="how many classes to return, 1..number of classes"),
+) -> ORJSONResponse:
+    state = request.app.state
+    settings = state.settings
+    manager: ModelManager = state.manager
+    metrics = state.metrics
+    cache: ResultCache = state.cache
+    started = time.monotonic()
+    name = model or manager.default_model()
+    status = "500"
+    label_version = version or "latest"
+    try:
+        inst = manager.get(name, version)
+        label_version = str(inst.version)
+        if top_k > len(inst.labels):
+            raise BadParameter(f"top_k={top_k} is more than the model's {len(inst.labels)} classes")
+        timeout_s = parse_timeout(request, inst.default_timeout_s)
+        deadline = started + timeout_s
+        uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
+        response = await _classify(request, inst, uploads, top_k, deadline, cache)
+        status = "200"
+        return response
+    except ServiceError as e:
+        status = str(e.status)
+        if e.code in ("queue_full", "model_not_ready"):
+            metrics.shed.labels(name, e.code).inc()
+        raise
+    finally:
+        metrics.requests.labels(name, label_version, status).inc()
+        metrics.request_duration.labels(name).observe(time.monotonic() - started)
+
+
+async def _classify(
+    request: Request, inst: ModelInstance, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
+) -> ORJSONResponse:
+    state = request.app.state
+    metrics = state.metrics
+    loop = asyncio.get_running_loop()
+    results: list[list[dict[str, object]] | None] = [None] * len(uploads)
+    keys = [cache.key(u.data, inst.name, inst.version, top_k) for u in uploads] if cache.enabled else []
+    todo = list(range(len(uploads)))
+    if cache.enabled:
+        todo = []
+        for i, k in enumerate(keys):
+            results[i] = cache.get(k)
+            metrics.cache.labels(inst.name, "hit" if results[i] is not None else "miss").inc()
+            if results[i] is None:
+                todo.append(i)
+
+    t_pre = time.monotonic()
+    max_pixels = state.settings.max_image_pixels
+    jobs = [loop.run_in_executor(state.pool, _prepare, inst, uploads[i].data, max_pixels) for i in todo]
+    outcome = await asyncio.gather(*jobs, return_exceptions=True)
+    for i, res in zip(todo, outcome, strict=True):
+        if isinstance(res, ServiceError):
+            where = f"image {i}" + (f" ({uploads[i].filename})" if uploads[i].filename else "")
+            res.message = f"{where}: {res.message}"
+            raise res
+        if isinstance(res, BaseException):
+            raise BadImage(f"image {i} could not be processed: {type(res).__name__}: {res}")
+    tensors = [r for r in outcome if isinstance(r, np.ndarray)]
+    preprocess_s = time.monotonic() - t_pre
+    metrics.preprocess_duration.labels(inst.name).observe(preprocess_s)
+
+    queue_s = compute_s = 0.0
+    if tensors:
+        futures = inst.batcher.submit(tensors, deadline)
+        metrics.queue_depth.labels(inst.name).set(inst.batcher.queue_depth)
+        try:
+            remaining = deadline - time.monotonic()
+            rows = await asyncio.wait_for(asyncio.gather(*futures), max(remaining, 0.0))
+        except TimeoutError as e:
+            raise DeadlineExceeded(
+                f"request deadline passed while queued for model {inst.name!r}; the service is overloaded "
+                "or X-Request-Timeout-Ms is too short"
+            ) from e
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+                else:
+                    with contextlib.suppress(BaseException):
+                        f.exception()
+        for i, (logits, q, c) in zip(todo, rows, strict=True):
+            probs = softmax(logits)
+            preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in topk(probs, top_k)]
+            results[i] = preds
+            if cache.enabled:
+                cache.put(keys[i], preds)
+            queue_s, compute_s = max(queue_s, q), max(compute_s, c)
+    metrics.images.labels(inst.name, str(inst.version)).inc(len(uploads))
+
+    body = {
+        "model": inst.name,
+        "version": str(inst.version),
+        "results": [{"filename": u.filename, "predictions": r} for u, r in zip(uploads, results, strict=True)],
+    }
+    if inst.weights == "random":
+        body["warning"] = "this model has random weights: its predictions are meaningless"
+    timing = (
+        f"queue;dur={queue_s * 1000:.2f}, preprocess;dur={preprocess_s * 1000:.2f}, infer;dur={compute_s * 1000:.2f}"
+    )
+    return ORJSONResponse(body, headers={"Server-Timing": timing})

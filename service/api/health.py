@@ -1,0 +1,48 @@
+"""Liveness, readiness and the Prometheus exposition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+def readiness(request: Request) -> tuple[bool, str]:
+    state = request.app.state
+    if state.draining:
+        return False, "shutting down"
+    if not state.started:
+        return False, "loading models"
+    pending = state.manager.not_ready()
+    if pending:
+        return False, "; ".join(f"{n}: {s}" for n, s in sorted(pending.items()))
+    return True, "ready"
+
+
+@router.get("/health/live")
+async def live() -> ORJSONResponse:
+    return ORJSONResponse({"status": "live"})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> ORJSONResponse:
+    ok, reason = readiness(request)
+    if ok:
+        return ORJSONResponse({"status": "ready"})
+    return ORJSONResponse(
+        {"status": "not_ready", "error": {"code": "not_ready", "message": reason}},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    manager = request.app.state.manager
+    m = request.app.state.metrics
+    for name in manager.names():
+        for inst in manager.instances(name):
+            m.queue_depth.labels(name).set(inst.batcher.queue_depth)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,52 @@
+"""Model listing and hot load / unload."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse
+
+from service.errors import ModelNotFound
+from service.models import ModelManager
+
+router = APIRouter()
+
+
+def _describe(manager: ModelManager, name: str) -> dict[str, object]:
+    instances = manager.instances(name)
+    state = manager.states.get(name, "unknown")
+    if not instances:
+        return {"name": name, "state": state, "versions": []}
+    latest = instances[-1].describe()
+    latest["state"] = state
+    latest["versions"] = [str(i.version) for i in instances]
+    return latest
+
+
+@router.get("/models")
+async def list_models(request: Request) -> ORJSONResponse:
+    manager: ModelManager = request.app.state.manager
+    return ORJSONResponse({"models": [_describe(manager, n) for n in manager.names()]})
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, request: Request) -> ORJSONResponse:
+    manager: ModelManager = request.app.state.manager
+    if name not in manager.names():
+        raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(manager.names()) or 'none'}")
+    return ORJSONResponse(_describe(manager, name))
+
+
+@router.post("/models/{name}/load")
+async def load_model(name: str, request: Request) -> ORJSONResponse:
+    manager: ModelManager = request.app.state.manager
+    await manager.load(name)
+    request.app.state.cache.drop_model(name)
+    return ORJSONResponse(_describe(manager, name))
+
+
+@router.post("/models/{name}/unload")
+async def unload_model(name: str, request: Request) -> ORJSONResponse:
+    manager: ModelManager = request.app.state.manager
+    await manager.unload(name)
+    request.app.state.cache.drop_model(name)
+    return ORJSONResponse({"name": name, "state": "unloaded"})

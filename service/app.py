@@ -1,0 +1,143 @@
+"""create_app(settings) -> FastAPI. Nothing happens at import; the lifespan starts and stops the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import classify, health, models
+from service.cache import ResultCache
+from service.config import Settings
+from service.errors import ServiceError, Unauthorized
+from service.logging import request_id
+from service.metrics import Metrics
+from service.models import ModelManager
+
+logger = logging.getLogger(__name__)
+
+_OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/openapi.json")
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id (echoed or made), API key, in-flight gauge."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            if self.api_key and not scope["path"].startswith(_OPEN_PATHS) and not self._authorized(headers):
+                resp = error_response(
+                    401, Unauthorized.code,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                await resp(scope, receive, send_with_id)
+                return
+            self.metrics.inflight.inc()
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                self.metrics.inflight.dec()
+        finally:
+            request_id.reset(token)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        assert self.api_key is not None
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth.lower().startswith(b"bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given, self.api_key)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        state.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
+        state.manager = ModelManager(settings, metrics)
+
+        async def load() -> None:
+            try:
+                await state.manager.load_all()
+            except ServiceError as e:
+                logger.error("model repository: %s", e.message)
+            state.started = True
+            logger.info("startup complete: %s", "ready" if not state.manager.not_ready() else
+                        f"not ready ({state.manager.not_ready()})")
+
+        loader = asyncio.get_running_loop().create_task(load())
+        try:
+            yield
+        finally:
+            state.draining = True
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await state.manager.close()
+            state.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="imgserve",
+        summary="Image classification with dynamic batching over ONNX Runtime / TensorRT",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.cache = ResultCache(settings.cache_size)
+    app.state.started = False
+    app.state.draining = False
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> ORJSONResponse:
+        if exc.status >= 500 and exc.status != 503 and exc.status != 504:
+            logger.error("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        msgs = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
+            msgs.append(f"{where}: {err.get('msg')}")
+        return error_response(422, "bad_parameter", "; ".join(msgs) or "invalid request")
+
+    app.include_router(classify.router)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.add_middleware(RequestContext, settings=settings, metrics=metrics)
+    return app

@@ -1,0 +1,242 @@
+"""Dynamic batcher: one asyncio task owns a bounded queue of images and feeds one runtime.
+
+A batch closes when it holds ``max_batch_size`` images, reaches a preferred size, or its oldest
+image has waited ``max_queue_delay``. While the runtime is busy the next batch keeps growing (it is
+topped up from the queue the moment the runtime frees), so under load batches fill by themselves
+with no polling. Requests whose caller went away or whose deadline passed are dropped before they
+reach the runtime. A failing batch fails only its own members and the loop keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchStats:
+    """What one batch cost, reported to metrics."""
+
+    size: int
+    compute_s: float
+    queue_s: list[float]
+
+
+@dataclass(eq=False)
+class _Item:
+    tensor: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, float, float]]
+    enqueued: float
+    deadline: float | None
+
+
+@dataclass
+class BatcherConfig:
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.002
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    max_queue_size: int = 256
+
+
+class _CostModel:
+    """EWMA of batch compute time as ``a + b * size``, for deadline-aware admission."""
+
+    def __init__(self) -> None:
+        self.per_image = 0.0
+        self.per_batch = 0.0
+        self.samples = 0
+
+    def observe(self, size: int, seconds: float) -> None:
+        per_image = seconds / size
+        alpha = 0.2 if self.samples else 1.0
+        self.per_image += alpha * (per_image - self.per_image)
+        self.samples += 1
+
+    def predict(self, images_ahead: int, n: int, max_batch: int) -> float:
+        if not self.samples:
+            return 0.0
+        # Images ahead run first (in batches), then ours; plus one batch in flight on average.
+        return (images_ahead + n + max_batch / 2) * self.per_image
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        infer: Callable[[np.ndarray], np.ndarray],
+        config: BatcherConfig,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        admission_control: bool = True,
+    ) -> None:
+        self.name = name
+        self._infer = infer
+        self.config = config
+        self._on_batch = on_batch
+        self._admission = admission_control
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending_images = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self.cost = _CostModel()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def drain_and_stop(self) -> None:
+        """Refuse new work, finish what is queued and running, then stop."""
+        self._accepting = False
+        while self._queue or self._running:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending_images
+
+    # -- submission ------------------------------------------------------------------------
+    def submit(self, tensors: list[np.ndarray], deadline: float | None) -> list[asyncio.Future]:
+        """Enqueue one request's images; returns one future per image (logits row, queue_s, compute_s).
+
+        Raises QueueFull (503) when the images do not fit, or when the recent batch costs predict
+        the request would miss its deadline anyway (deadline-aware admission).
+        """
+        if not self._accepting:
+            raise ModelNotReady(f"model {self.name!r} is being unloaded; retry shortly", retry_after_s=1)
+        n = len(tensors)
+        cfg = self.config
+        if self._pending_images + n > cfg.max_queue_size:
+            retry = max(1.0, self.cost.predict(self._pending_images, 0, cfg.max_batch_size))
+            raise QueueFull(
+                f"model {self.name!r} queue is full ({self._pending_images} images waiting, "
+                f"limit {cfg.max_queue_size}); retry after the Retry-After delay",
+                retry_after_s=retry,
+            )
+        now = time.monotonic()
+        if self._admission and deadline is not None:
+            eta = self.cost.predict(self._pending_images, n, cfg.max_batch_size)
+            if now + eta > deadline:
+                raise QueueFull(
+                    f"model {self.name!r} cannot finish this request before its deadline "
+                    f"(predicted {eta * 1000:.0f} ms, {max(0.0, deadline - now) * 1000:.0f} ms left); "
+                    "retry later or allow a longer X-Request-Timeout-Ms",
+                    retry_after_s=eta,
+                )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future] = []
+        for t in tensors:
+            fut: asyncio.Future[tuple[np.ndarray, float, float]] = loop.create_future()
+            futures.append(fut)
+            self._queue.append(_Item(t, fut, now, deadline))
+        self._pending_images += n
+        self._wakeup.set()
+        return futures
+
+    # -- the loop --------------------------------------------------------------------------
+    def _pop_live(self) -> _Item | None:
+        """Next queued item whose caller still waits and whose deadline has not passed."""
+        while self._queue:
+            item = self._queue.popleft()
+            self._pending_images -= 1
+            if item.future.done():  # caller went away (cancelled)
+                continue
+            if item.deadline is not None and time.monotonic() > item.deadline:
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        f"request deadline passed after {time.monotonic() - item.enqueued:.3f} s in the "
+                        f"queue of model {self.name!r}; the service is overloaded or the timeout too short"
+                    )
+                )
+                continue
+            return item
+        return None
+
+    async def _loop(self) -> None:
+        cfg = self.config
+        preferred = set(cfg.preferred_batch_sizes)
+        while True:
+            item = self._pop_live()
+            if item is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [item]
+            close_at = item.enqueued + cfg.max_queue_delay_s
+            # Grow until full, a preferred size, or the oldest image's delay is spent.
+            while len(batch) < cfg.max_batch_size and len(batch) not in preferred:
+                nxt = self._pop_live()
+                if nxt is not None:
+                    batch.append(nxt)
+                    continue
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            # Wait for the runtime; whatever arrives meanwhile joins this batch.
+            await self._idle.wait()
+            while len(batch) < cfg.max_batch_size:
+                nxt = self._pop_live()
+                if nxt is None:
+                    break
+                batch.append(nxt)
+            self._idle.clear()
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            # A caller may have gone away while we waited for the runtime.
+            batch = [it for it in batch if not it.future.done()]
+            if not batch:
+                return
+            started = time.monotonic()
+            x = np.stack([it.tensor for it in batch])
+            loop = asyncio.get_running_loop()
+            try:
+                out = await loop.run_in_executor(self._executor, self._infer, x)
+                if out.shape[0] != len(batch):
+                    raise RuntimeError(f"runtime returned {out.shape[0]} rows for a batch of {len(batch)}")
+            except Exception as e:  # noqa: BLE001 - a failed batch fails its members, never the loop
+                logger.exception("batch of %d failed on model %s", len(batch), self.name)
+                err = InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}")
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(err)
+                return
+            compute = time.monotonic() - started
+            self.cost.observe(len(batch), compute)
+            queue_s = [started - it.enqueued for it in batch]
+            for i, it in enumerate(batch):
+                if not it.future.done():
+                    it.future.set_result((out[i], queue_s[i], compute))
+            if self._on_batch:
+                self._on_batch(BatchStats(len(batch), compute, queue_s))
+        finally:
+            self._idle.set()
+            self._wakeup.set()

@@ -1,0 +1,289 @@
+"""Model instances (runtime + batcher + preprocessing) and the manager that loads and swaps them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.batching import Batcher, BatcherConfig, BatchStats
+from service.config import Settings
+from service.errors import ModelNotFound, ModelNotReady, RepositoryError, ServiceError
+from service.metrics import Metrics
+from service.preprocess import Normalizer
+from service.repository import ModelEntry, Preprocess, check_model_name, scan_model
+from service.runtimes import create_runtime
+from service.runtimes.base import Runtime
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_QUEUE = 256
+
+
+@dataclass
+class ModelInstance:
+    name: str
+    version: int
+    entry: ModelEntry
+    runtime: Runtime
+    batcher: Batcher
+    labels: list[str]
+    preprocess: Preprocess
+    normalizer: Normalizer
+    input_shape: tuple[int, ...]
+    default_timeout_s: float
+    weights: str
+    loaded_at: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, object]:
+        cfg = self.batcher.config
+        params = self.entry.params
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "platform": self.entry.platform,
+            "runtime": self.runtime.name,
+            "state": "ready",
+            "input": {"name": "input", "shape": list(self.input_shape)},
+            "num_classes": len(self.labels),
+            "preprocess": {
+                "resize_shorter": self.preprocess.resize_shorter,
+                "crop": self.preprocess.crop,
+                "mean": list(self.preprocess.mean),
+                "std": list(self.preprocess.std),
+                "interpolation": self.preprocess.interpolation,
+            },
+            "batching": {
+                "max_batch_size": cfg.max_batch_size,
+                "preferred_batch_sizes": cfg.preferred_batch_sizes,
+                "max_queue_delay_ms": cfg.max_queue_delay_s * 1000,
+                "max_queue_size": cfg.max_queue_size,
+                "default_timeout_s": self.default_timeout_s,
+            },
+            "weights": self.weights,
+            "source": {k: v for k, v in params.items() if k.startswith(("source.", "export.", "tensorrt."))},
+            "queue_depth": self.batcher.queue_depth,
+        }
+
+
+def _versions_to_serve(entry: ModelEntry) -> list[int]:
+    policy = entry.config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return list(entry.versions)
+    if kind == "specific":
+        wanted = [v for v in policy.specific.versions if v in entry.versions]
+        if not wanted:
+            raise RepositoryError(f"model {entry.name!r}: none of the versions in version_policy exists")
+        return wanted
+    n = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+    return sorted(entry.versions)[-n:]
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.repo = Path(settings.model_repo)
+        self._instances: dict[str, dict[int, ModelInstance]] = {}
+        self.states: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Loading/warming a model is long blocking work: its own thread, never the event loop.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+
+    # -- lookups -----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(set(self.states) | set(self._instances))
+
+    def get(self, name: str, version: str | None = None) -> ModelInstance:
+        versions = self._instances.get(name)
+        if not versions:
+            state = self.states.get(name)
+            if state is None:
+                raise ModelNotFound(
+                    f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'} (GET /models)"
+                )
+            raise ModelNotReady(f"model {name!r} is not ready ({state})", retry_after_s=2)
+        if version is None or version == "":
+            return versions[max(versions)]
+        if not version.isdigit() or int(version) not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version!r}; loaded: "
+                f"{', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[int(version)]
+
+    def instances(self, name: str) -> list[ModelInstance]:
+        return [self._instances[name][v] for v in sorted(self._instances.get(name, {}))]
+
+    def not_ready(self) -> dict[str, str]:
+        return {n: s for n, s in self.states.items() if s != "ready"}
+
+    # -- loading -----------------------------------------------------------------------------
+    def configured_names(self) -> list[str]:
+        if self.settings.models:
+            return [check_model_name(n) for n in self.settings.models]
+        if not self.repo.is_dir():
+            raise RepositoryError(f"model repository {self.repo} does not exist: run `python -m export` first")
+        return sorted(p.name for p in self.repo.iterdir() if (p / "config.pbtxt").is_file())
+
+    def _build(self, name: str) -> list[ModelInstance]:
+        """Blocking: read the model folder, load each served version and warm it up."""
+        entry = scan_model(self.repo / name)
+        out: list[ModelInstance] = []
+        for version in _versions_to_serve(entry):
+            out.append(self._build_version(entry, version))
+        return out
+
+    def _build_version(self, entry: ModelEntry, version: int) -> ModelInstance:
+        s, cfg = self.settings, entry.config
+        if not cfg.input or len(cfg.input[0].dims) != 3:
+            raise RepositoryError(f"model {entry.name!r}: expected one input with dims [3, H, W]")
+        input_shape = tuple(int(d) for d in cfg.input[0].dims)
+        params = entry.params
+        pp = Preprocess.from_params(params, list(input_shape))
+        if pp.crop != input_shape[-1]:
+            raise RepositoryError(f"model {entry.name!r}: preprocess.crop {pp.crop} != input size {input_shape[-1]}")
+        runtime = create_runtime(entry.platform, s)
+        model_file = entry.model_file(version)
+        if not model_file.is_file():
+            raise RepositoryError(f"model {entry.name!r} version {version}: {model_file.name} is missing")
+        runtime.load(model_file, s.device)
+        max_bs = s.max_batch_size or cfg.max_batch_size or 1
+        dyn = cfg.dynamic_batching
+        qp = dyn.default_queue_policy
+        bcfg = BatcherConfig(
+            max_batch_size=max_bs,
+            max_queue_delay_s=(
+                s.max_queue_delay_ms / 1000 if s.max_queue_delay_ms is not None
+                else (dyn.max_queue_delay_microseconds / 1e6 if cfg.HasField("dynamic_batching") else 0.0)
+            ),
+            preferred_batch_sizes=[b for b in dyn.preferred_batch_size if b <= max_bs],
+            max_queue_size=s.max_queue_size or qp.max_queue_size or DEFAULT_QUEUE,
+        )
+        if s.warmup:
+            t0 = time.monotonic()
+            runtime.warmup(list(range(1, max_bs + 1)), input_shape)
+            logger.info("warmed up %s v%d at batch sizes 1..%d in %.1f s", entry.name, version, max_bs,
+                        time.monotonic() - t0)
+        labels = entry.labels()
+        out_dims = list(cfg.output[0].dims) if cfg.output else []
+        n_classes = int(out_dims[-1]) if out_dims else (len(labels) if labels else 0)
+        if labels is None or len(labels) != n_classes:
+            if labels is not None:
+                logger.warning("model %s: labels.txt has %d lines for %d classes; using class_<i>",
+                               entry.name, len(labels), n_classes)
+            labels = [f"class_{i}" for i in range(n_classes)]
+        weights = params.get("source.weights", "unknown")
+        if weights == "random":
+            logger.warning("model %s v%d has RANDOM weights: its predictions are meaningless", entry.name, version)
+        timeout = s.request_timeout_s or (qp.default_timeout_microseconds / 1e6) or DEFAULT_TIMEOUT_S
+        name = entry.name
+        metrics = self.metrics
+
+        def on_batch(stats: BatchStats) -> None:
+            metrics.batch_size.labels(name).observe(stats.size)
+            metrics.compute_duration.labels(name).observe(stats.compute_s)
+            for q in stats.queue_s:
+                metrics.queue_duration.labels(name).observe(q)
+
+        batcher = Batcher(name, runtime.infer, bcfg, on_batch, admission_control=s.admission_control)
+        return ModelInstance(
+            name=name, version=version, entry=entry, runtime=runtime, batcher=batcher, labels=labels,
+            preprocess=pp, normalizer=Normalizer(pp), input_shape=input_shape,
+            default_timeout_s=timeout, weights="random" if weights == "random" else weights,
+        )
+
+    async def load(self, name: str) -> list[ModelInstance]:
+        """(Re)load a model; the old instances keep serving until the new ones are warm."""
+        check_model_name(name)
+        if not (self.repo / name / "config.pbtxt").is_file():
+            raise ModelNotFound(f"no model {name!r} in repository {self.repo} (no {name}/config.pbtxt)")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self._instances:
+                self.states[name] = "loading"
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(self._loader, self._build, name)
+            except ServiceError as e:
+                self._fail(name, e.message)
+                raise
+            except Exception as e:
+                self._fail(name, f"{type(e).__name__}: {e}")
+                raise RepositoryError(f"model {name!r} failed to load: {type(e).__name__}: {e}") from e
+            for inst in new:
+                inst.batcher.start()
+            old = self._instances.get(name, {})
+            self._instances[name] = {inst.version: inst for inst in new}
+            self.states[name] = "ready"
+            for inst in old.values():
+                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(0)
+            for inst in new:
+                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(1)
+            logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
+                        new[0].runtime.name if new else "-")
+        await self._retire(old.values())
+        return new
+
+    def _fail(self, name: str, reason: str) -> None:
+        logger.error("model %s failed to load: %s", name, reason)
+        if name not in self._instances:
+            self.states[name] = f"failed: {reason}"
+
+    async def unload(self, name: str) -> None:
+        if name not in self._instances and name not in self.states:
+            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'}")
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            old = self._instances.pop(name, {})
+            self.states[name] = "unloaded"
+            for inst in old.values():
+                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(0)
+        await self._retire(old.values())
+        logger.info("model %s unloaded", name)
+
+    async def _retire(self, instances: object) -> None:
+        for inst in list(instances):  # type: ignore[call-overload]
+            await inst.batcher.drain_and_stop()
+            inst.runtime.close()
+
+    async def load_all(self) -> None:
+        for name in self.configured_names():
+            self.states.setdefault(name, "pending")
+        for name in self.configured_names():
+            try:
+                await self.load(name)
+            except ServiceError as e:
+                logger.error("could not load %s: %s", name, e.message)
+
+    async def close(self) -> None:
+        for name in list(self._instances):
+            old = self._instances.pop(name)
+            await self._retire(old.values())
+        self._loader.shutdown(wait=False)
+
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        names = self.configured_names() if self.repo.is_dir() or self.settings.models else []
+        if not names:
+            raise ModelNotFound("no model is served: export one into the repository and load it")
+        return names[0]
+
+
+def topk(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    idx = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(probs.shape[0])
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    return [(int(i), float(probs[i])) for i in idx]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    return e / e.sum()
