@@ -1,0 +1,94 @@
+"""``python -m export``: the thin command line over ``export.pipeline``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.errors import ExportError
+from export.models import ARCHS, list_archs
+from export.onnx_export import MIN_OPSET
+from export.pipeline import PRECISIONS, ExportOptions, run_export
+from export.repo_writer import DEFAULT_PREFERRED
+
+logger = logging.getLogger("export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a torchvision/timm CNN to ONNX (and INT8 / FP16 / TensorRT) into a "
+        "Triton-layout model repository, gated by parity checks.",
+    )
+    p.add_argument("--list", action="store_true", help="list architectures with input size and parameters")
+    p.add_argument("--arch", help=f"{', '.join(ARCHS)}, or timm:NAME")
+    p.add_argument("--weights", help="torchvision tag (DEFAULT, IMAGENET1K_V1, ...), checkpoint path, or random")
+    p.add_argument("--repo", type=Path, help="model repository folder (created if missing)")
+    p.add_argument("--name", help="model name (default: the architecture, ':' -> '_')")
+    p.add_argument("--version", type=int, help="version folder (default: the next free one)")
+    p.add_argument("--labels", type=Path, help="class names, one per line, in logit order")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--preferred-batch", type=int, nargs="+", default=None,
+                   help=f"preferred batch sizes (default {' '.join(map(str, DEFAULT_PREFERRED))}, capped at max)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET)
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True,
+                   help="simplify with onnxslim (default on)")
+    p.add_argument("--fp16", action="store_true", help="also write an FP16 model NAME_fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="int8: also write NAME_int8 (ONNX Runtime static quantization); with --trt: engine precision")
+    p.add_argument("--calib-dir", type=Path, help="INT8 calibration images (default: scikit-image samples)")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="top-1 agreement gate for INT8/FP16/TensorRT (default 0.98 int8, 0.99 fp16)")
+    p.add_argument("--trt", action="store_true", help="also build a TensorRT plan NAME_trt (needs a GPU)")
+    p.add_argument("--transform-input", action=argparse.BooleanOptionalAction, default=None,
+                   help="inception_v3/googlenet: torchvision's transform_input (default: on for ImageNet tags)")
+    p.add_argument("--fallback-random", action="store_true",
+                   help="when the pretrained weights cannot be downloaded, export random weights (loud warning)")
+    p.add_argument("--atol", type=float, default=1e-3, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExportOptions:
+    missing = [f"--{n}" for n in ("arch", "weights", "repo") if getattr(args, n) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --list)")
+    if args.arch not in ARCHS and not args.arch.startswith("timm:"):
+        parser.error(f"unknown architecture {args.arch!r}; valid: {', '.join(ARCHS)}, or timm:NAME")
+    return ExportOptions(
+        arch=args.arch, weights=args.weights, repo=args.repo, name=args.name, version=args.version,
+        labels_file=args.labels, max_batch_size=args.max_batch_size, preferred=args.preferred_batch,
+        opset=args.opset, simplify=args.simplify, fp16=args.fp16, precision=args.precision,
+        calib_dir=args.calib_dir, trt=args.trt, fallback_random=args.fallback_random,
+        min_agreement=args.min_agreement, transform_input=args.transform_input, atol=args.atol,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.list:
+            opts = _options(args, parser)
+    except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+        return int(e.code or 0)
+    # Our progress at INFO; libraries (onnxruntime.quantization logs every node at INFO) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        if args.list:
+            list_archs()
+            return 0
+        result = run_export(opts)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    for path in result.written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,128 @@
+"""Real images for parity checks, INT8 calibration and agreement gates.
+
+Everything goes through the service's own ``preprocess_pil`` so exported models are checked on
+exactly the tensors they will serve. Without a ``--calib-dir`` the scikit-image sample photos are
+used: calibration gets the photos plus crops/flips, the check set gets *other* variants (colour
+jitter, rotations, different crops), so the gate is never measured on calibration images.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from export.errors import ExportError
+from service.preprocess import preprocess_pil
+from service.repository import Preprocess
+
+logger = logging.getLogger(__name__)
+
+# RGB photos that ship inside scikit-image (no download needed).
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "colorwheel", "camera", "page")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def sample_photos(names: Iterable[str] = SAMPLE_PHOTOS) -> list[Image.Image]:
+    """The scikit-image sample photos as RGB PIL images (grayscale ones converted)."""
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise ExportError("scikit-image is needed for the built-in check photos: pip install scikit-image") from e
+    out = []
+    for name in names:
+        try:
+            arr = getattr(skimage.data, name)()
+        except Exception as e:  # some sample images need a download: skip those
+            logger.debug("skipping skimage.data.%s: %s", name, e)
+            continue
+        img = Image.fromarray(np.asarray(arr))
+        out.append(img.convert("RGB"))
+    if not out:
+        raise ExportError("no scikit-image sample photos could be loaded")
+    return out
+
+
+def _crop(img: Image.Image, rng: random.Random, lo: float) -> Image.Image:
+    w, h = img.size
+    s = rng.uniform(lo, 1.0)
+    cw, ch = max(8, int(w * s)), max(8, int(h * s))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def calibration_variants(photos: list[Image.Image], per_photo: int = 6, seed: int = 0) -> list[Image.Image]:
+    """Each photo, its mirror image and random crops (of either)."""
+    rng = random.Random(seed)
+    out = []
+    for img in photos:
+        out += [img, ImageOps.mirror(img)]
+        for _ in range(max(0, per_photo - 2)):
+            v = _crop(img, rng, 0.5)
+            out.append(ImageOps.mirror(v) if rng.random() < 0.5 else v)
+    return out
+
+
+def check_variants(photos: list[Image.Image], per_photo: int = 10, seed: int = 1234) -> list[Image.Image]:
+    """Variants never used for calibration: colour jitter, rotation, flips and crops combined."""
+    rng = random.Random(seed)
+    out = []
+    for img in photos:
+        for _ in range(per_photo):
+            v = _crop(img, rng, 0.35)
+            v = ImageEnhance.Brightness(v).enhance(rng.uniform(0.6, 1.4))
+            v = ImageEnhance.Contrast(v).enhance(rng.uniform(0.6, 1.4))
+            v = ImageEnhance.Color(v).enhance(rng.uniform(0.3, 1.7))
+            v = v.rotate(rng.uniform(-25, 25), resample=Image.Resampling.BILINEAR, expand=False)
+            if rng.random() < 0.5:
+                v = ImageOps.flip(v)
+            out.append(v)
+    return out
+
+
+def images_from_dir(path: Path, limit: int | None = None) -> list[Image.Image]:
+    """Images found (recursively) under ``path``, sorted by name."""
+    if not path.is_dir():
+        raise ExportError(f"--calib-dir {path} is not a directory")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit:
+        files = files[:limit]
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(im.convert("RGB"))
+        except OSError as e:
+            logger.warning("skipping unreadable calibration image %s: %s", f, e)
+    if not out:
+        raise ExportError(f"--calib-dir {path} holds no readable images ({', '.join(IMAGE_SUFFIXES)})")
+    return out
+
+
+def to_batch(images: list[Image.Image], pp: Preprocess) -> np.ndarray:
+    """Preprocess with the service pipeline into one float32 [N,3,crop,crop] array."""
+    return np.stack([preprocess_pil(img, pp) for img in images]).astype(np.float32, copy=False)
+
+
+def calibration_set(pp: Preprocess, calib_dir: Path | None, limit: int = 256) -> np.ndarray:
+    if calib_dir is not None:
+        imgs = images_from_dir(calib_dir, limit)
+        logger.info("calibrating on %d images from %s", len(imgs), calib_dir)
+    else:
+        imgs = calibration_variants(sample_photos())
+        logger.warning(
+            "no --calib-dir: calibrating on %d scikit-image sample photos and crops/flips of them; "
+            "pass --calib-dir with a few hundred images from your own data for a better INT8 model",
+            len(imgs),
+        )
+    return to_batch(imgs, pp)
+
+
+def check_set(pp: Preprocess) -> np.ndarray:
+    """The agreement check set (never used for calibration)."""
+    return to_batch(check_variants(sample_photos()), pp)

@@ -1,0 +1,127 @@
+"""Gates: ONNX Runtime vs PyTorch (logit parity, identical top-5) and top-1 agreement between models."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+FP32_ATOL = 1e-3
+TOP_K = 5
+
+
+def ort_session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: Path, threads: int = 2) -> Runner:
+    sess = ort_session(path, threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0], dtype=np.float32)
+
+    return run
+
+
+def torch_runner(model: nn.Module) -> Runner:
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+
+    return run
+
+
+def run_batched(runner: Runner, x: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([runner(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+@dataclass
+class ParityRow:
+    case: str
+    batch: int
+    max_abs_diff: float
+    top5_equal: bool
+
+
+@dataclass
+class ParityReport:
+    atol: float
+    rows: list[ParityRow] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((r.max_abs_diff for r in self.rows), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.max_abs_diff <= self.atol and r.top5_equal for r in self.rows)
+
+    def table(self) -> str:
+        lines = [f"{'case':<16} {'batch':>5} {'max|dlogit|':>12} {'top-5':>6}  ok"]
+        for r in self.rows:
+            ok = r.max_abs_diff <= self.atol and r.top5_equal
+            lines.append(
+                f"{r.case:<16} {r.batch:>5} {r.max_abs_diff:>12.2e} {'same' if r.top5_equal else 'DIFF':>6}  "
+                f"{'yes' if ok else 'NO'}"
+            )
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(f"parity {verdict}: max |dlogit| {self.max_abs_diff:.2e} (tolerance {self.atol:g})")
+        return "\n".join(lines)
+
+
+def _top5_equal(ref: np.ndarray, got: np.ndarray) -> bool:
+    k = min(TOP_K, ref.shape[1])
+    a = np.argsort(-ref, axis=1, kind="stable")[:, :k]
+    b = np.argsort(-got, axis=1, kind="stable")[:, :k]
+    return bool(np.array_equal(a, b))
+
+
+def parity_inputs(photos: np.ndarray, input_shape: tuple[int, int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random batches of 1 and 3 (the dynamic axis) and the real photos as one batch."""
+    rng = np.random.default_rng(seed)
+    return {
+        "random": rng.standard_normal((1, *input_shape), dtype=np.float32),
+        "random-batch": rng.standard_normal((3, *input_shape), dtype=np.float32),
+        "photos": photos.astype(np.float32, copy=False),
+    }
+
+
+def check_parity(reference: Runner, candidate: Runner, inputs: dict[str, np.ndarray],
+                 atol: float = FP32_ATOL) -> ParityReport:
+    """Compare two runners on each input batch: max |delta logit| and identical ordered top-5."""
+    t0 = time.perf_counter()
+    report = ParityReport(atol)
+    for case, x in inputs.items():
+        ref, got = reference(x), candidate(x)
+        if got.shape != ref.shape:
+            report.rows.append(ParityRow(case, len(x), float("inf"), False))
+            continue
+        diff = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
+        report.rows.append(ParityRow(case, len(x), diff, _top5_equal(ref, got)))
+    logger.info("parity checked in %.1fs", time.perf_counter() - t0)
+    return report
+
+
+def top1_agreement(reference: Runner, candidate: Runner, x: np.ndarray, batch: int = 8) -> float:
+    """Fraction of inputs whose top-1 class is the same for both runners."""
+    a = run_batched(reference, x, batch).argmax(axis=1)
+    b = run_batched(candidate, x, batch).argmax(axis=1)
+    return float(np.mean(a == b))
