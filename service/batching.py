@@ -161,18 +161,24 @@ class Batcher:
         while self._queue:
             item = self._queue.popleft()
             self._pending_images -= 1
-            if item.future.done():  # caller went away (cancelled)
-                continue
-            if item.deadline is not None and time.monotonic() > item.deadline:
-                item.future.set_exception(
-                    DeadlineExceeded(
-                        f"request deadline passed after {time.monotonic() - item.enqueued:.3f} s in the "
-                        f"queue of model {self.name!r}; the service is overloaded or the timeout too short"
-                    )
-                )
-                continue
-            return item
+            if self._live(item):
+                return item
         return None
+
+    def _live(self, item: _Item) -> bool:
+        """False for an item whose caller went away or whose deadline passed (failing it with 504)."""
+        if item.future.done():  # caller went away (cancelled)
+            return False
+        now = time.monotonic()
+        if item.deadline is not None and now > item.deadline:
+            item.future.set_exception(
+                DeadlineExceeded(
+                    f"request deadline passed after {now - item.enqueued:.3f} s in the queue of model "
+                    f"{self.name!r}; the service is overloaded or the timeout too short"
+                )
+            )
+            return False
+        return True
 
     async def _loop(self) -> None:
         cfg = self.config
@@ -211,8 +217,8 @@ class Batcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         try:
-            # A caller may have gone away while we waited for the runtime.
-            batch = [it for it in batch if not it.future.done()]
+            # A caller may have gone away, or a deadline passed, while we waited for the runtime.
+            batch = [it for it in batch if self._live(it)]
             if not batch:
                 return
             started = time.monotonic()

@@ -1,0 +1,186 @@
+"""The dynamic batcher with a fake runtime: formation, delay, deadlines, shedding, failure isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher, BatcherConfig, BatchStats
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+
+
+class FakeRuntime:
+    """Returns row i = [input value, batch size]; sleeps to mimic compute; can be told to fail."""
+
+    def __init__(self, compute_s: float = 0.0) -> None:
+        self.compute_s = compute_s
+        self.batches: list[int] = []
+        self.fail_when: float | None = None
+        self.gate: threading.Event | None = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append(batch.shape[0])
+        time.sleep(self.compute_s)
+        if self.fail_when is not None and (batch[:, 0] == self.fail_when).any():
+            raise RuntimeError("boom")
+        return np.stack([batch[:, 0], np.full(batch.shape[0], batch.shape[0], dtype=np.float32)], axis=1)
+
+
+def tensor(v: float) -> np.ndarray:
+    return np.full((1,), v, dtype=np.float32)
+
+
+async def run_batcher(rt: FakeRuntime, **cfg: object) -> Batcher:
+    stats: list[BatchStats] = []
+    b = Batcher("fake", rt.infer, BatcherConfig(**cfg), stats.append)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+async def test_concurrent_requests_share_a_batch() -> None:
+    rt = FakeRuntime(compute_s=0.01)
+    b = await run_batcher(rt, max_batch_size=8, max_queue_delay_s=0.05)
+    futs = [f for i in range(8) for f in b.submit([tensor(i)], None)]
+    rows = await asyncio.gather(*futs)
+    assert rt.batches == [8]
+    # each caller gets its own row back, in order
+    assert [float(r[0][0]) for r in rows] == list(range(8))
+    await b.drain_and_stop()
+
+
+async def test_batch_closes_after_max_queue_delay() -> None:
+    rt = FakeRuntime()
+    b = await run_batcher(rt, max_batch_size=32, max_queue_delay_s=0.03)
+    t0 = time.monotonic()
+    (fut,) = b.submit([tensor(1)], None)
+    await fut
+    waited = time.monotonic() - t0
+    assert 0.025 <= waited < 0.5, waited
+    assert rt.batches == [1]
+    await b.drain_and_stop()
+
+
+async def test_preferred_size_closes_early() -> None:
+    rt = FakeRuntime()
+    b = await run_batcher(rt, max_batch_size=32, max_queue_delay_s=1.0, preferred_batch_sizes=[4])
+    t0 = time.monotonic()
+    futs = b.submit([tensor(i) for i in range(4)], None)
+    await asyncio.gather(*futs)
+    assert time.monotonic() - t0 < 0.5
+    assert rt.batches == [4]
+    await b.drain_and_stop()
+
+
+async def test_batch_grows_while_runtime_busy() -> None:
+    rt = FakeRuntime(compute_s=0.05)
+    b = await run_batcher(rt, max_batch_size=16, max_queue_delay_s=0.0)
+    first = b.submit([tensor(0)], None)
+    await asyncio.sleep(0.01)  # the first batch of 1 is running now
+    rest = [f for i in range(1, 11) for f in b.submit([tensor(i)], None)]
+    await asyncio.gather(*first, *rest)
+    assert rt.batches == [1, 10]
+    await b.drain_and_stop()
+
+
+async def test_deadline_expires_in_queue() -> None:
+    rt = FakeRuntime()
+    rt.gate = threading.Event()  # the runtime is stuck on the first batch
+    b = await run_batcher(rt, max_batch_size=1, max_queue_delay_s=0.0)
+    blocker = b.submit([tensor(0)], None)
+    await asyncio.sleep(0.01)
+    (late,) = b.submit([tensor(1)], time.monotonic() + 0.02)
+    await asyncio.sleep(0.05)
+    rt.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late
+    await asyncio.gather(*blocker)
+    assert rt.batches == [1]  # the expired request never reached the runtime
+    await b.drain_and_stop()
+
+
+async def test_full_queue_sheds_with_retry_after() -> None:
+    rt = FakeRuntime()
+    rt.gate = threading.Event()
+    b = await run_batcher(rt, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=3)
+    held = b.submit([tensor(0)], None)
+    await asyncio.sleep(0.01)  # taken by the runtime: the queue is empty again
+    held += b.submit([tensor(i) for i in range(1, 4)], None)
+    with pytest.raises(QueueFull) as exc:
+        b.submit([tensor(9)], None)
+    assert exc.value.status == 503 and int(exc.value.headers["Retry-After"]) >= 1
+    rt.gate.set()
+    await asyncio.gather(*held)
+    await b.drain_and_stop()
+
+
+async def test_failing_batch_fails_only_its_members_and_loop_survives() -> None:
+    rt = FakeRuntime(compute_s=0.01)
+    rt.fail_when = 666.0
+    b = await run_batcher(rt, max_batch_size=4, max_queue_delay_s=0.02)
+    bad = b.submit([tensor(666)], None) + b.submit([tensor(1)], None)
+    results = await asyncio.gather(*bad, return_exceptions=True)
+    assert all(isinstance(r, InferenceFailed) for r in results)
+    # the loop keeps running: the next batch succeeds
+    (ok,) = b.submit([tensor(2)], None)
+    row, _, _ = await ok
+    assert float(row[0]) == 2.0
+    await b.drain_and_stop()
+
+
+async def test_wrong_row_count_is_an_error_not_a_misattribution() -> None:
+    b = Batcher("fake", lambda x: x[:1], BatcherConfig(max_batch_size=4, max_queue_delay_s=0.02))
+    b.start()
+    futs = b.submit([tensor(1), tensor(2)], None)
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert all(isinstance(r, InferenceFailed) and "rows" in r.message for r in results)
+    await b.drain_and_stop()
+
+
+async def test_cancelled_callers_are_dropped() -> None:
+    rt = FakeRuntime()
+    rt.gate = threading.Event()
+    b = await run_batcher(rt, max_batch_size=8, max_queue_delay_s=0.0)
+    blocker = b.submit([tensor(0)], None)
+    await asyncio.sleep(0.01)
+    gone = b.submit([tensor(i) for i in range(1, 4)], None)
+    for f in gone:
+        f.cancel()
+    (kept,) = b.submit([tensor(7)], None)
+    rt.gate.set()
+    await asyncio.gather(*blocker)
+    row, _, _ = await kept
+    assert float(row[0]) == 7.0
+    assert rt.batches == [1, 1]  # the three cancelled images never ran
+    await b.drain_and_stop()
+
+
+async def test_admission_rejects_requests_that_cannot_meet_their_deadline() -> None:
+    rt = FakeRuntime(compute_s=0.02)
+    b = await run_batcher(rt, max_batch_size=2, max_queue_delay_s=0.0)
+    # learn the cost: ~10 ms per image
+    await asyncio.gather(*b.submit([tensor(0), tensor(1)], None))
+    rt.gate = threading.Event()
+    held = b.submit([tensor(i) for i in range(20)], None)  # ~200 ms of work ahead
+    with pytest.raises(QueueFull, match="deadline"):
+        b.submit([tensor(99)], time.monotonic() + 0.02)
+    # a request with enough time is admitted
+    ok = b.submit([tensor(98)], time.monotonic() + 10)
+    rt.gate.set()
+    await asyncio.gather(*held, *ok)
+    await b.drain_and_stop()
+
+
+async def test_drain_finishes_queued_work_then_refuses() -> None:
+    rt = FakeRuntime(compute_s=0.01)
+    b = await run_batcher(rt, max_batch_size=2, max_queue_delay_s=0.0)
+    futs = b.submit([tensor(i) for i in range(6)], None)
+    await b.drain_and_stop()
+    assert all(f.done() and not f.exception() for f in futs)
+    with pytest.raises(ModelNotReady):
+        b.submit([tensor(1)], None)
