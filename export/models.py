@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import pickle
 import re
 import time
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.checkpoints import read_checkpoint, sha256_file
 from export.errors import ExportError, UsageError
 from service.repository import Preprocess
 
@@ -23,10 +22,6 @@ logger = logging.getLogger(__name__)
 
 RANDOM = "random"
 TIMM_PREFIX = "timm:"
-# Keys of training-checkpoint dicts that hold the state_dict, tried in this order.
-CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "ema_state_dict")
-# Prefixes added by DataParallel / DistributedDataParallel and torch.compile.
-STRIP_PREFIXES = ("module.", "_orig_mod.")
 # Where the ImageNet-1k class names come from: torchvision's metadata (no network needed).
 IMAGENET_META_WEIGHTS = "ResNet50_Weights.IMAGENET1K_V1"
 
@@ -77,13 +72,13 @@ ARCHS: dict[str, ArchSpec] = {
             "inception_v3",
             crop=299,
             resize_shorter=342,
-            build_kwargs={"aux_logits": False, "init_weights": False},
+            build_kwargs={"aux_logits": False},
             has_transform_input=True,
             aux_prefixes=("AuxLogits.",),
         ),
         ArchSpec(
             "googlenet",
-            build_kwargs={"aux_logits": False, "init_weights": False},
+            build_kwargs={"aux_logits": False},
             has_transform_input=True,
             aux_prefixes=("aux1.", "aux2."),
         ),
@@ -149,9 +144,16 @@ def timm_spec(arch: str, model: nn.Module) -> ArchSpec:
 
 
 def build_model(
-    spec: ArchSpec, num_classes: int = 1000, transform_input: bool = False, pretrained: str | None = None
+    spec: ArchSpec,
+    num_classes: int = 1000,
+    transform_input: bool = False,
+    pretrained: str | None = None,
+    init: bool = True,
 ) -> nn.Module:
-    """A model with random weights (or timm's pretrained ones when ``pretrained`` names a tag)."""
+    """A model with random weights (or timm's pretrained ones when ``pretrained`` names a tag).
+
+    ``init=False`` skips inception/googlenet's slow truncated-normal init when weights are loaded next.
+    """
     if spec.timm:
         name = spec.name[len(TIMM_PREFIX) :]
         if pretrained is not None:
@@ -162,6 +164,7 @@ def build_model(
     kwargs = dict(spec.build_kwargs)
     if spec.has_transform_input:
         kwargs["transform_input"] = transform_input
+        kwargs["init_weights"] = init
     return torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes, **kwargs)
 
 
@@ -203,55 +206,6 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a plain state_dict or a training checkpoint, loaded without running code."""
-    if not path.is_file():
-        raise ExportError(f"checkpoint {path} does not exist: pass --weights /path/to/checkpoint.pth")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(
-            f"refusing to load {path}: it contains pickled objects other than tensors, and unpickling "
-            f"them could run arbitrary code ({first}). Re-save it as a plain state_dict: "
-            "torch.save(model.state_dict(), path)"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ExportError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-    if isinstance(obj, dict):
-        for key in CHECKPOINT_KEYS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ExportError(
-            f"{path}: expected a state_dict (name -> tensor) or a dict with one under "
-            f"{'/'.join(CHECKPOINT_KEYS)}"
-        )
-    return {_strip(k): v for k, v in obj.items()}
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in STRIP_PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], spec: ArchSpec, src: str) -> None:
@@ -351,7 +305,7 @@ def _from_checkpoint(
     n = int(state[key].shape[0])
     labels = _check_labels(labels, n, f"checkpoint {path.name}")
     tfi = _tf_input(spec, transform_input, False)
-    model = build_model(spec, n, bool(tfi))
+    model = build_model(spec, n, bool(tfi), init=False)
     _load_state(model, state, spec, str(path))
     if labels is None:
         labels = imagenet_categories() if n == 1000 else [f"class_{i}" for i in range(n)]
@@ -387,7 +341,7 @@ def _from_tag(spec: ArchSpec, tag: str, labels: list[str] | None, transform_inpu
     categories = list(w.meta["categories"])
     _check_labels(labels, len(categories), str(w))
     tfi = _tf_input(spec, transform_input, True)  # torchvision: True for the ImageNet weights
-    model = build_model(spec, len(categories), bool(tfi))
+    model = build_model(spec, len(categories), bool(tfi), init=False)
     _load_state(model, state, spec, str(w))
     tr = w.transforms()
     pp = Preprocess(

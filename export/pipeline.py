@@ -123,9 +123,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
     name = valid_name(opts.name or default_model_name(opts.arch))
     names = target_names(name, opts)
     if opts.trt:
-        from export import tensorrt
+        from export.tensorrt import require
 
-        tensorrt.require()  # fail fast, before minutes of work, when there is no GPU / TensorRT
+        require()  # fail fast, before minutes of work, when there is no GPU / TensorRT
     labels = read_labels_file(opts.labels_file)
     version = choose_version(opts.repo, list(names.values()), opts.version)
     loaded = load_model(opts.arch, opts.weights, labels, opts.transform_input, opts.fallback_random)
@@ -165,9 +165,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
             result.agreements["fp16"] = _fp16(st, names["fp16"], version, onnx_path, opts, pp, config,
                                               loaded.labels)
         if "trt" in names:
-            from export import tensorrt
+            from export.tensorrt import export_trt
 
-            result.agreements["trt"] = tensorrt.export_trt(
+            result.agreements["trt"] = export_trt(
                 st, names["trt"], version, onnx_path, opts, pp, config, loaded.labels
             )
         result.written = st.commit()

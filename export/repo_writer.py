@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError
 from service.errors import RepositoryError
-from service.repository import CONFIG_FILE, LABELS_FILE, check_model_name, set_params, write_config
+from service.repository import LABELS_FILE, check_model_name, set_params, write_config
 from service.repository import ModelConfig as _ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,9 @@ class Staging:
                 if (target / str(m.version)).exists():
                     raise ExportError(f"{target / str(m.version)} appeared while exporting: not overwriting it")
                 os.rename(m.version_dir, target / str(m.version))
-                for f in (CONFIG_FILE, LABELS_FILE):
-                    os.replace(m.dir / f, target / f)
+                # config.pbtxt, labels.txt and model-level caches (e.g. the TensorRT timing cache)
+                for f in m.dir.iterdir():
+                    os.replace(f, target / f.name)
             done.append(target / str(m.version))
             logger.info("wrote %s", target / str(m.version))
         return done
@@ -160,9 +161,13 @@ class Staging:
 
 @contextmanager
 def staging(repo: Path) -> Iterator[Staging]:
+    """A staging area in ``repo``; removed afterwards (and ``repo`` too if this created it empty)."""
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     st = Staging(repo)
     try:
         yield st
     finally:
         st.cleanup()
+        if created and not any(repo.iterdir()):
+            repo.rmdir()

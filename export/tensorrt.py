@@ -1,0 +1,252 @@
+"""ONNX -> TensorRT plan (``NAME_trt``, platform ``tensorrt_plan``), gated against ONNX Runtime.
+
+Needs the TensorRT 10 Python package and a CUDA GPU; every TensorRT/CUDA import is lazy so this
+module imports (and ``python -m export`` without ``--trt`` runs) on CPU-only machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export import images
+from export.errors import ExportError
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from export.parity import Runner, ort_runner, top1_agreement
+from service.repository import Preprocess
+
+if TYPE_CHECKING:
+    from export.pipeline import ExportOptions
+    from export.repo_writer import ConfigSpec, Staging
+
+logger = logging.getLogger(__name__)
+
+MIN_AGREEMENT = {"fp32": 0.99, "fp16": 0.99, "int8": 0.98}
+WORKSPACE_BYTES = 4 << 30
+CALIB_BATCH = 8
+TIMING_CACHE = "timing.cache"
+CALIB_CACHE = "calibration.cache"
+
+
+def require() -> Any:
+    """The ``tensorrt`` module, or a clear error when TensorRT or a CUDA GPU is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise ExportError(
+            "--trt needs the TensorRT Python package (pip install -e '.[gpu]') and an NVIDIA GPU; "
+            "it is not installed here. Leave out --trt to export the ONNX model only"
+        ) from e
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ExportError("--trt needs an NVIDIA GPU and none is visible (torch.cuda.is_available() is False)")
+    return trt
+
+
+def compute_capability() -> str:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def _progress_monitor(trt: Any) -> Any | None:
+    """An ``IProgressMonitor`` drawing one tqdm bar per build phase (None on TensorRT < 10)."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+    from tqdm import tqdm
+
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.bars: dict[str, Any] = {}
+            self.lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self.lock:
+                depth = len(self.bars)
+                self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth, leave=False)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self.lock:
+                bar = self.bars.get(phase_name)
+                if bar is not None:
+                    bar.update(1)
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self.lock:
+                bar = self.bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+    return Monitor()
+
+
+def _calibrator(trt: Any, data: np.ndarray, batch: int, cache: Path) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding the calibration images through a CUDA tensor."""
+    import torch
+    from tqdm import tqdm
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = [data[i : i + batch] for i in range(0, len(data) - batch + 1, batch)]
+            self.index = 0
+            self.device = torch.empty((batch, *data.shape[1:]), dtype=torch.float32, device="cuda")
+            self.bar = tqdm(total=len(self.batches) * batch, desc="TensorRT INT8 calibration", unit="img")
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.index >= len(self.batches):
+                self.bar.close()
+                return None
+            self.device.copy_(torch.from_numpy(self.batches[self.index]))
+            torch.cuda.synchronize()
+            self.index += 1
+            self.bar.update(batch)
+            return [int(self.device.data_ptr())]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache.read_bytes() if cache.is_file() else None
+
+        def write_calibration_cache(self, data_: Any) -> None:
+            cache.write_bytes(bytes(data_))
+
+    if len(data) < batch:
+        raise ExportError(f"TensorRT INT8 calibration needs at least {batch} images, got {len(data)}")
+    return Calibrator()
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    precision: str,
+    shape: tuple[int, int, int],
+    profile: tuple[int, int, int],
+    timing_cache: Path,
+    calib: np.ndarray | None = None,
+) -> Path:
+    """Parse ``onnx_path``, build a plan with one optimisation profile (min/opt/max batch), save it."""
+    trt = require()
+    log = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(log)
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    lo, opt, hi = profile
+    prof = builder.create_optimization_profile()
+    prof.set_shape(INPUT_NAME, (lo, *shape), (opt, *shape), (hi, *shape))
+    config.add_optimization_profile(prof)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    calibrator = None
+    if precision == "int8":
+        if calib is None:
+            raise ExportError("TensorRT INT8 needs calibration images")
+        config.set_flag(trt.BuilderFlag.INT8)
+        cb = min(CALIB_BATCH, hi)
+        cprof = builder.create_optimization_profile()
+        cprof.set_shape(INPUT_NAME, (cb, *shape), (cb, *shape), (cb, *shape))
+        config.set_calibration_profile(cprof)
+        calibrator = _calibrator(trt, calib, cb, plan_path.parent / CALIB_CACHE)
+        config.int8_calibrator = calibrator
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError("TensorRT failed to build the engine (see the TensorRT log lines above)")
+    plan_path.write_bytes(bytes(plan))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    logger.info("built TensorRT %s engine %s in %.1fs", precision, plan_path, time.perf_counter() - t0)
+    return plan_path
+
+
+def trt_runner(plan_path: Path) -> Runner:
+    """Run a plan with the TensorRT runtime, torch CUDA tensors as the I/O buffers."""
+    trt = require()
+    import torch
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+    if engine is None:
+        raise ExportError(f"TensorRT could not deserialize {plan_path}")
+    context = engine.create_execution_context()
+    stream = torch.cuda.Stream()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.cuda.stream(stream):
+            inp = torch.from_numpy(np.ascontiguousarray(x)).to("cuda", non_blocking=False)
+            context.set_input_shape(INPUT_NAME, tuple(inp.shape))
+            out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device="cuda")
+            context.set_tensor_address(INPUT_NAME, int(inp.data_ptr()))
+            context.set_tensor_address(OUTPUT_NAME, int(out.data_ptr()))
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise ExportError("TensorRT inference failed while gating the engine")
+        stream.synchronize()
+        return np.asarray(out.cpu().numpy(), dtype=np.float32)
+
+    return run
+
+
+def export_trt(
+    st: Staging,
+    name: str,
+    version: int,
+    onnx_path: Path,
+    opts: ExportOptions,
+    pp: Preprocess,
+    config: Callable[..., ConfigSpec],
+    labels: list[str],
+) -> float:
+    """Build ``name`` (the plan) into the staging area and gate it against the ONNX model."""
+    trt = require()
+    from export.repo_writer import build_config
+
+    m = st.model(name, version)
+    precision = opts.precision
+    shape = (3, pp.crop, pp.crop)
+    preferred = config(name, precision, {}).preferred
+    profile = (1, min(max(preferred), opts.max_batch_size), opts.max_batch_size)
+    existing_cache = opts.repo / name / TIMING_CACHE
+    timing = m.dir / TIMING_CACHE
+    if existing_cache.is_file():
+        timing.write_bytes(existing_cache.read_bytes())
+    calib = images.calibration_set(pp, opts.calib_dir) if precision == "int8" else None
+    plan = build_engine(onnx_path, m.version_dir / "model.plan", precision, shape, profile, timing, calib)
+    threshold = MIN_AGREEMENT[precision] if opts.min_agreement is None else opts.min_agreement
+    t0 = time.perf_counter()
+    agreement = top1_agreement(ort_runner(onnx_path), trt_runner(plan), images.check_set(pp),
+                               batch=min(8, opts.max_batch_size))
+    print(f"TensorRT {precision} top-1 agreement with ONNX: {100 * agreement:.1f}% "
+          f"(gate {100 * threshold:.1f}%)", flush=True)
+    logger.info("TensorRT gate took %.1fs", time.perf_counter() - t0)
+    if agreement < threshold:
+        raise ExportError(f"TensorRT gate failed: top-1 agreement with ONNX is {100 * agreement:.1f}% < "
+                          f"{100 * threshold:.1f}%; nothing was written")
+    extra = {
+        "tensorrt.version": str(trt.__version__),
+        "tensorrt.compute_capability": compute_capability(),
+        "tensorrt.profile": ",".join(map(str, profile)),
+        "export.trt_agreement": f"{agreement:.4f}",
+    }
+    m.write(build_config(config(name, precision, extra, platform="tensorrt_plan", gpu=True)), labels)
+    return agreement
