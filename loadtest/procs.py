@@ -1,0 +1,121 @@
+"""Server subprocesses on a free loopback port: start, wait for readiness, CPU time, stop by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HOST = "127.0.0.1"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a live process (all its threads), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields after "pid (comm) "; utime is field 14
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait), from /proc/stat."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(p) for p in parts]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system idle iowait irq softirq steal
+    return busy / _TICK
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Server:
+    """A server subprocess; ``stop()`` sends SIGTERM to its PID, then SIGKILL after ``grace`` s."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log: Path) -> None:
+        self.name = name
+        self.port = port
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.pid)
+
+    def wait_ready(self, path: str, timeout: float) -> float:
+        """Poll ``path`` until it answers 200; seconds it took. Raises if the process dies or time runs out."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n{self.tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if http_get(self.port, path)[0] == 200:
+                    return time.monotonic() - t0
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s; log:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(name: str, argv: list[str], port: int, log: Path, ready_path: str, timeout: float) -> Iterator[Server]:
+    server = Server(name, argv, port, log)
+    try:
+        server.wait_ready(ready_path, timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+def service_argv(repo: Path, model: str, port: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "service", "--model-repo", str(repo), "--models", model,
+            "--default-model", model, "--host", HOST, "--port", str(port), "--log-level", "WARNING", *extra]
+
+
+def naive_argv(repo: Path, model: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "loadtest.naive_server", "--repo", str(repo), "--model", model,
+            "--host", HOST, "--port", str(port)]
