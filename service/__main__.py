@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -17,15 +19,23 @@ logger = logging.getLogger("service")
 class _Server(uvicorn.Server):
     """On SIGTERM/SIGINT, readiness turns 503 at once; uvicorn then finishes in-flight requests."""
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    shutdown_delay_s = 0.0
+    _exit_scheduled = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.loaded_app
         # loaded_app may be wrapped by uvicorn's middlewares; find our FastAPI state through them.
         while app is not None and not hasattr(app, "state"):
             app = getattr(app, "app", None)
         if app is not None:
             app.state.draining = True
-        logger.info("signal %s: draining (readiness 503), finishing in-flight requests", sig)
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        delay = self.shutdown_delay_s if not self.should_exit and not self._exit_scheduled else 0.0
+        logger.info("signal %s: draining (readiness 503) for %.1f s, then finishing in-flight requests", sig, delay)
+        if delay > 0:
+            self._exit_scheduled = True
+            asyncio.get_running_loop().call_later(delay, super().handle_exit, sig, frame)
+        else:
+            super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         backlog=2048,
     )
-    _Server(config).run()
+    server = _Server(config)
+    server.shutdown_delay_s = settings.shutdown_delay_s
+    server.run()
 
 
 if __name__ == "__main__":

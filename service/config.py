@@ -50,3 +50,6 @@ class Settings(BaseSettings):
     cache_size: int = Field(0, description="result cache entries keyed by image hash (0: off)")
     admission_control: bool = Field(True, description="reject on arrival requests that cannot meet their deadline")
     graceful_timeout_s: float = Field(30.0, description="how long SIGTERM waits for in-flight requests")
+    shutdown_delay_s: float = Field(
+        0.0, description="after SIGTERM, keep serving this long with readiness 503 (lets load balancers drain)"
+    )

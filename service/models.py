@@ -123,7 +123,8 @@ class ModelManager:
         return [self._instances[name][v] for v in sorted(self._instances.get(name, {}))]
 
     def not_ready(self) -> dict[str, str]:
-        return {n: s for n, s in self.states.items() if s != "ready"}
+        """Models that should serve but do not; an operator's explicit unload is not a failure."""
+        return {n: s for n, s in self.states.items() if s not in ("ready", "unloaded")}
 
     # -- loading -----------------------------------------------------------------------------
     def configured_names(self) -> list[str]:

@@ -1,0 +1,114 @@
+"""A real model repository (exported with the project's exporter) and real uvicorn servers on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def jpeg_bytes(arr: object, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    return {
+        "chelsea.jpg": jpeg_bytes(skdata.chelsea()),
+        "coffee.jpg": jpeg_bytes(skdata.coffee()),
+        "astronaut.jpg": jpeg_bytes(skdata.astronaut()),
+    }
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet18 with random weights, exported by `python -m export` (max batch 8)."""
+    from export.cli import main
+
+    repo = tmp_path_factory.mktemp("model_repo")
+    rc = main(["--arch", "resnet18", "--weights", "random", "--repo", str(repo), "--max-batch-size", "8",
+               "--preferred-batch", "4", "8"])
+    assert rc == 0
+    return repo
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def client(self, **kw: object) -> httpx.Client:
+        headers = {"X-API-Key": API_KEY}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(5)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True) -> Server:
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model-repo", str(repo), "--port", str(port), "--workers", "2", *args],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.logs()}")
+        try:
+            r = httpx.get(f"{server.url}/health/{'ready' if wait_ready else 'live'}", timeout=2)
+            if r.status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready in time:\n{server.logs()}")
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The main server: API key on, result cache on, 1 MB body limit, 4 images a request."""
+    s = start_server(
+        model_repo, tmp_path_factory.mktemp("srv"), "--api-key", API_KEY, "--cache-size", "64",
+        "--max-upload-bytes", str(1024 * 1024), "--max-images-per-request", "4", "--max-queue-delay-ms", "20",
+        "--max-image-pixels", "4000000",
+    )
+    yield s
+    s.stop()
