@@ -24,6 +24,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _unsupported(message: str) -> str:
+    """The line of torch's weights-only error that names the offending global."""
+    for line in message.splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.strip()
+    return "weights_only unpickler refused it"
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from a plain state_dict or a training checkpoint, loaded without running code."""
     if not path.is_file():
@@ -31,14 +39,15 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" not in str(e).lower():
+            raise ExportError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
         raise ExportError(
-            f"refusing to load {path}: it contains pickled objects other than tensors, and unpickling "
-            f"them could run arbitrary code ({first}). Re-save it as a plain state_dict: "
-            "torch.save(model.state_dict(), path)"
+            f"refusing to load {path}: it holds pickled objects other than tensors and containers, and "
+            f"unpickling them could run arbitrary code ({_unsupported(str(e))}). If you trust it, re-save "
+            "it as a plain state_dict: torch.save(model.state_dict(), path)"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ExportError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, IndexError, ... on garbage
+        raise ExportError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
     if isinstance(obj, dict):
         for key in CHECKPOINT_KEYS:
             if isinstance(obj.get(key), dict):
