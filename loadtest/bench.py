@@ -23,7 +23,7 @@ from typing import Any
 
 from loadtest import report
 from loadtest.images import sample_jpegs
-from loadtest.procs import free_port, http_get, machine_busy_s, naive_argv, running, service_argv
+from loadtest.procs import free_port, http_get, machine_busy_s, naive_argv, running, service_argv, wait_idle
 from loadtest.wrk import LoadPoint, find_wrk, run_wrk
 
 RESULTS = Path(__file__).with_name("results")
@@ -126,6 +126,7 @@ def measure_server(args: argparse.Namespace, kind: str, name: str, image: Path, 
         if args.warmup > 0:
             log(f"{name}: {kind} ready in {startup:.1f} s; warm-up load c=8 for {args.warmup:g} s")
             run_wrk(url, image, 8, args.warmup, srv.pid)
+            wait_idle(srv.pid)
         points: list[LoadPoint] = []
         for c in args.concurrency:
             log(f"{name}: {kind} closed loop c={c} for {args.duration:g} s")
@@ -133,8 +134,11 @@ def measure_server(args: argparse.Namespace, kind: str, name: str, image: Path, 
             p = run_wrk(url, image, c, args.duration, srv.pid)
             if kind == "service":
                 p.extra.update(server_stats(before, histograms(port, name)))
+            # Work left over after wrk stops (requests of closed connections) must not leak into the
+            # next point; how long it lasts is reported as drain_s.
+            p.extra["drain_s"] = wait_idle(srv.pid)
             log(f"{name}:   c={c}: {p.rps:.1f} img/s p50 {p.p50_ms:.1f} ms p99 {p.p99_ms:.1f} ms "
-                f"errors {sum(p.errors.values())}")
+                f"errors {sum(p.errors.values())}; busy {p.extra['drain_s']:.1f} s after wrk stopped")
             points.append(p)
         log(f"{name}: stopping {kind} (pid {srv.pid})")
     return {"startup_s": startup, "argv": argv[1:], "points": [p.to_json() for p in points]}

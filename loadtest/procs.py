@@ -41,6 +41,23 @@ def machine_busy_s() -> float:
     return busy / _TICK
 
 
+def wait_idle(pid: int, timeout: float = 120.0, window: float = 0.3, busy_cores: float = 0.05) -> float:
+    """Wait until process ``pid`` uses under ``busy_cores`` CPU over ``window`` s; seconds waited.
+
+    A server may still be working on requests whose load generator has gone (closed connections
+    are not noticed by every server): the next measurement must not start before that is done.
+    """
+    t0 = time.monotonic()
+    last = proc_cpu_s(pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(window)
+        now = proc_cpu_s(pid)
+        if not now - last > busy_cores * window:  # also stops on NaN (process gone)
+            break
+        last = now
+    return time.monotonic() - t0
+
+
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:

@@ -66,7 +66,7 @@ def format_model(name: str, m: dict[str, Any]) -> str:
             lines.append(f"WARNING  other processes used {100 * e['other_cpu']:.0f}% CPU on average during the "
                          "engine runs: these numbers are noisy")
     head = (f"{'server':8} {'conc':>5} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-            f"{'batch':>6} {'wrk cpu':>7} {'srv cpu':>7} {'other':>7}")
+            f"{'batch':>6} {'wrk cpu':>7} {'srv cpu':>7} {'other':>7} {'drain s':>7}")
     rows = []
     for kind in ("service", "naive"):
         for p in (m.get(kind) or {}).get("points", []):
@@ -75,7 +75,8 @@ def format_model(name: str, m: dict[str, Any]) -> str:
             rows.append(
                 f"{kind:8} {p['concurrency']:5d} {p['rps']:8.1f} {p['p50_ms']:8.1f} {p['p99_ms']:8.1f} {errs:7d} "
                 f"{'-' if batch is None else f'{batch:.1f}':>6} {_pct(p['wrk_cpu_s'], p['seconds']):>7} "
-                f"{_pct(p['server_cpu_s'], p['seconds']):>7} {_pct(p['other_cpu_s'], p['seconds']):>7}"
+                f"{_pct(p['server_cpu_s'], p['seconds']):>7} {_pct(p['other_cpu_s'], p['seconds']):>7} "
+                f"{p['extra'].get('drain_s', float('nan')):7.1f}"
             )
     if rows:
         lines += [head, *rows]

@@ -53,7 +53,7 @@ class LoadPoint:
 
 
 def run_wrk(url: str, body: Path, concurrency: int, seconds: float, server_pid: int,
-            timeout_s: float = 10.0) -> LoadPoint:
+            timeout_s: float = 30.0) -> LoadPoint:
     """``wrk -t1 -cN -dDs --latency`` posting ``body``; CPU times of wrk (wait4 rusage) and the server."""
     wrk = find_wrk()
     argv = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s:g}s",
