@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import classify, health, models
+from service.api.responses import JSONResponse
 from service.cache import ResultCache
 from service.config import Settings
 from service.errors import ServiceError, Unauthorized
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 _OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/openapi.json")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 class RequestContext:
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="imgserve",
         summary="Image classification with dynamic batching over ONNX Runtime / TensorRT",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -123,13 +123,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
 
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> ORJSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         if exc.status >= 500 and exc.status != 503 and exc.status != 504:
             logger.error("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         msgs = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))

@@ -270,12 +270,12 @@ class ModelManager:
         self._loader.shutdown(wait=False)
 
     def default_model(self) -> str:
+        """--default-model, else the first model found at startup (no disk access per request)."""
         if self.settings.default_model:
             return self.settings.default_model
-        names = self.configured_names() if self.repo.is_dir() or self.settings.models else []
-        if not names:
+        if not self.states:
             raise ModelNotFound("no model is served: export one into the repository and load it")
-        return names[0]
+        return min(self.states)
 
 
 def topk(probs: np.ndarray, k: int) -> list[tuple[int, float]]:

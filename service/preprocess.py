@@ -15,7 +15,6 @@ Everything here is blocking CPU work: callers run it in a worker thread (Pillow 
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -83,12 +82,10 @@ def decode(data: bytes, pp: Preprocess, max_pixels: int) -> Image.Image:
             if short > need:
                 scale = need / short
                 img.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
+        img.load()
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"image could not be decoded (truncated or corrupt?): {e}") from e
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import ORJSONResponse
 from starlette.datastructures import UploadFile
 
+from service.api.responses import JSONResponse
 from service.cache import ResultCache
 from service.errors import (
     BadImage,
@@ -105,7 +105,7 @@ async def classify(
     model: str | None = Query(None, description="model name (default: the configured default model)"),
     version: str | None = Query(None, description="model version (default: latest)"),
     top_k: int = Query(5, ge=1, description="how many classes to return, 1..number of classes"),
-) -> ORJSONResponse:
+) -> JSONResponse:
     state = request.app.state
     settings = state.settings
     manager: ModelManager = state.manager
@@ -138,7 +138,7 @@ async def classify(
 
 async def _classify(
     request: Request, inst: ModelInstance, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
-) -> ORJSONResponse:
+) -> JSONResponse:
     state = request.app.state
     metrics = state.metrics
     loop = asyncio.get_running_loop()
@@ -206,4 +206,4 @@ async def _classify(
     timing = (
         f"queue;dur={queue_s * 1000:.2f}, preprocess;dur={preprocess_s * 1000:.2f}, infer;dur={compute_s * 1000:.2f}"
     )
-    return ORJSONResponse(body, headers={"Server-Timing": timing})
+    return JSONResponse(body, headers={"Server-Timing": timing})

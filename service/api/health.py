@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.responses import JSONResponse
 
 router = APIRouter()
 
@@ -22,16 +23,16 @@ def readiness(request: Request) -> tuple[bool, str]:
 
 
 @router.get("/health/live")
-async def live() -> ORJSONResponse:
-    return ORJSONResponse({"status": "live"})
+async def live() -> JSONResponse:
+    return JSONResponse({"status": "live"})
 
 
 @router.get("/health/ready")
-async def ready(request: Request) -> ORJSONResponse:
+async def ready(request: Request) -> JSONResponse:
     ok, reason = readiness(request)
     if ok:
-        return ORJSONResponse({"status": "ready"})
-    return ORJSONResponse(
+        return JSONResponse({"status": "ready"})
+    return JSONResponse(
         {"status": "not_ready", "error": {"code": "not_ready", "message": reason}},
         status_code=503,
         headers={"Retry-After": "1"},

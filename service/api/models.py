@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 
+from service.api.responses import JSONResponse
 from service.errors import ModelNotFound
 from service.models import ModelManager
 
@@ -23,30 +23,30 @@ def _describe(manager: ModelManager, name: str) -> dict[str, object]:
 
 
 @router.get("/models")
-async def list_models(request: Request) -> ORJSONResponse:
+async def list_models(request: Request) -> JSONResponse:
     manager: ModelManager = request.app.state.manager
-    return ORJSONResponse({"models": [_describe(manager, n) for n in manager.names()]})
+    return JSONResponse({"models": [_describe(manager, n) for n in manager.names()]})
 
 
 @router.get("/models/{name}")
-async def get_model(name: str, request: Request) -> ORJSONResponse:
+async def get_model(name: str, request: Request) -> JSONResponse:
     manager: ModelManager = request.app.state.manager
     if name not in manager.names():
         raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(manager.names()) or 'none'}")
-    return ORJSONResponse(_describe(manager, name))
+    return JSONResponse(_describe(manager, name))
 
 
 @router.post("/models/{name}/load")
-async def load_model(name: str, request: Request) -> ORJSONResponse:
+async def load_model(name: str, request: Request) -> JSONResponse:
     manager: ModelManager = request.app.state.manager
     await manager.load(name)
     request.app.state.cache.drop_model(name)
-    return ORJSONResponse(_describe(manager, name))
+    return JSONResponse(_describe(manager, name))
 
 
 @router.post("/models/{name}/unload")
-async def unload_model(name: str, request: Request) -> ORJSONResponse:
+async def unload_model(name: str, request: Request) -> JSONResponse:
     manager: ModelManager = request.app.state.manager
     await manager.unload(name)
     request.app.state.cache.drop_model(name)
-    return ORJSONResponse({"name": name, "state": "unloaded"})
+    return JSONResponse({"name": name, "state": "unloaded"})
