@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint bench venv model clean-venv
+.PHONY: serve test bench locust venv model clean-venv
 
 venv: $(STAMP)
 
@@ -34,8 +34,16 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest -ra
 
+# Benchmark: engine limit vs service vs naive server (loadtest/README.md). Needs Debian's wrk.
+BENCH_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)
-	$(PY) -m loadtest.bench
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	$(PY) -m loadtest.bench --repo $(REPO) $(BENCH_ARGS)
+
+# A bounded, realistic locust run against a service already started with `make serve`.
+locust: $(STAMP)
+	$(PY) -m locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s --host http://$(HOST):$(PORT) --only-summary
 
 clean-venv:
 	rm -rf $(VENV)
