@@ -76,7 +76,6 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, batch: int = CALIB_B
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibTensorRangeSymmetric": False, "CalibMovingAverage": True},
         )
     check_onnx(out)
     logger.info("quantized %s on %d images in %.1fs", out.name, len(calib), time.perf_counter() - t1)

@@ -1,0 +1,115 @@
+"""CPU INT8 (ONNX Runtime static quantization) and its top-1 agreement gate.
+
+Random weights make a weak gate subject: a randomly initialised ResNet predicts nearly the same
+class for every image, so agreement is trivially high and says nothing. These tests use a model
+whose predictions mean something: a random resnet18 backbone with its BatchNorm statistics
+re-estimated on the sample photos and a logistic-regression head trained to tell the photos
+apart (its top-1 depends on the image, with clear margins, as a trained classifier's does).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from export import images
+from export.models import ARCHS
+from service.repository import get_params, read_config
+from tests.export.helpers import run_cli, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photo_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A resnet18 checkpoint that classifies which sample photo an image was cut from, + labels."""
+    photos = images.sample_photos()
+    per_photo = 6
+    x = torch.from_numpy(images.to_batch(images.calibration_variants(photos, per_photo), ARCHS["resnet18"].preprocess))
+    y = torch.arange(len(photos)).repeat_interleave(per_photo)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=len(photos))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+    with torch.no_grad():
+        model.train()
+        model(x)
+        model.eval()
+        model.fc, fc = torch.nn.Identity(), model.fc  # type: ignore[assignment]
+        feats = model(x)
+        model.fc = fc
+    # Logistic-regression head on the frozen features: clear margins, like a trained classifier's.
+    opt = torch.optim.Adam(fc.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(fc(feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d = tmp_path_factory.mktemp("photo_classifier")
+    ckpt, labels = d / "photo_classifier.pth", d / "labels.txt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    labels.write_text("".join(f"photo_{i}\n" for i in range(len(photos))))
+    return ckpt, labels
+
+
+def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Path, Path]) -> None:
+    ckpt, labels = photo_classifier
+    repo = tmp_path / "repo"
+    run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
+                  "--name", "photos", "--precision", "int8")
+    assert run.rc == 0, run.err
+    m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)% \(gate 98.0%\)", run.out)
+    assert m, run.out
+    agreement = float(m.group(1)) / 100
+    assert agreement >= 0.98
+
+    cfg = read_config(repo / "photos_int8")
+    params = get_params(cfg)
+    assert cfg.name == "photos_int8" and cfg.platform == "onnxruntime_onnx"
+    assert params["export.precision"] == "int8"
+    assert float(params["export.int8_agreement"]) == pytest.approx(agreement, abs=1e-3)
+    assert params["source.weights"].startswith("sha256:")
+    assert get_params(read_config(repo / "photos"))["export.precision"] == "fp32"
+    assert (repo / "photos_int8" / "labels.txt").read_text() == labels.read_text()
+
+    fp32, int8 = repo / "photos" / "1" / "model.onnx", repo / "photos_int8" / "1" / "model.onnx"
+    assert int8.stat().st_size < fp32.stat().st_size / 3
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert any(n.op_type == "QuantizeLinear" for n in _graph_nodes(int8))
+    out = sess.run(None, {"input": np.zeros((3, 3, 224, 224), np.float32)})[0]
+    assert out.shape == (3, len(labels.read_text().splitlines()))
+
+
+def _graph_nodes(path: Path) -> list:  # type: ignore[type-arg]
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def test_int8_gate_refuses_a_badly_calibrated_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photo_classifier: tuple[Path, Path]
+) -> None:
+    """Calibration on wrongly preprocessed images (100x too small) saturates the activations: the
+    gate catches the broken INT8 model, the export fails and writes nothing."""
+    real = images.calibration_set
+
+    def wrong_scale(pp, calib_dir, limit=256):  # type: ignore[no-untyped-def]
+        return real(pp, calib_dir, limit) * np.float32(0.01)
+
+    monkeypatch.setattr(images, "calibration_set", wrong_scale)
+    repo = tmp_path / "repo"
+    ckpt, labels = photo_classifier
+    run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
+                  "--precision", "int8")
+    assert run.rc == 1, run.out
+    assert "INT8 gate failed" in run.err and "--min-agreement" in run.err
+    assert re.search(r"INT8 top-1 agreement with FP32: [\d.]+%", run.out)
+    assert snapshot(repo) == set()
