@@ -124,8 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status >= 500 and exc.status != 503 and exc.status != 504:
-            logger.error("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
+        level = logging.ERROR if exc.status >= 500 and exc.status not in (503, 504) else logging.INFO
+        logger.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
