@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import classify, health, models
+from service.api import classify, health, models, v2
 from service.api.responses import JSONResponse
 from service.cache import ResultCache
 from service.config import Settings
@@ -139,5 +139,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(v2.router)
     app.add_middleware(RequestContext, settings=settings, metrics=metrics)
     return app
