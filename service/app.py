@@ -56,10 +56,12 @@ class RequestContext:
 
         try:
             if self.api_key and not scope["path"].startswith(_OPEN_PATHS) and not self._authorized(headers):
-                resp = error_response(
-                    401, Unauthorized.code,
-                    "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                    {"WWW-Authenticate": "Bearer"},
+                msg = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+                auth = {"WWW-Authenticate": "Bearer"}
+                resp = (
+                    JSONResponse({"error": msg}, status_code=401, headers=auth)  # KServe v2 error shape
+                    if scope["path"].startswith("/v2")
+                    else error_response(401, Unauthorized.code, msg, auth)
                 )
                 await resp(scope, receive, send_with_id)
                 return

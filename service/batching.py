@@ -155,6 +155,26 @@ class Batcher:
         self._wakeup.set()
         return futures
 
+    async def run(
+        self, tensors: list[np.ndarray], deadline: float | None
+    ) -> list[tuple[np.ndarray, float, float]]:
+        """Submit and wait for every image; 504 when the deadline passes first. Leftovers are cancelled."""
+        futures = self.submit(tensors, deadline)
+        try:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+        except TimeoutError as e:
+            raise DeadlineExceeded(
+                f"request deadline passed while queued for model {self.name!r}; the service is overloaded "
+                "or X-Request-Timeout-Ms is too short"
+            ) from e
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+                elif not f.cancelled():
+                    f.exception()  # retrieved: no "exception was never retrieved" noise
+
     # -- the loop --------------------------------------------------------------------------
     def _pop_live(self) -> _Item | None:
         """Next queued item whose caller still waits and whose deadline has not passed."""

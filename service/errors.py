@@ -17,6 +17,12 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
+class BadRequest(ServiceError):
+    """400 for a malformed request (e.g. a KServe v2 inference request)."""
+
+    status, code = 400, "bad_request"
+
+
 class BadImage(ServiceError):
     status, code = 400, "bad_image"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -16,7 +15,6 @@ from service.cache import ResultCache
 from service.errors import (
     BadImage,
     BadParameter,
-    DeadlineExceeded,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -170,23 +168,8 @@ async def _classify(
 
     queue_s = compute_s = 0.0
     if tensors:
-        futures = inst.batcher.submit(tensors, deadline)
+        rows = await inst.batcher.run(tensors, deadline)
         metrics.queue_depth.labels(inst.name).set(inst.batcher.queue_depth)
-        try:
-            remaining = deadline - time.monotonic()
-            rows = await asyncio.wait_for(asyncio.gather(*futures), max(remaining, 0.0))
-        except TimeoutError as e:
-            raise DeadlineExceeded(
-                f"request deadline passed while queued for model {inst.name!r}; the service is overloaded "
-                "or X-Request-Timeout-Ms is too short"
-            ) from e
-        finally:
-            for f in futures:
-                if not f.done():
-                    f.cancel()
-                else:
-                    with contextlib.suppress(BaseException):
-                        f.exception()
         for i, (logits, q, c) in zip(todo, rows, strict=True):
             probs = softmax(logits)
             preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in topk(probs, top_k)]

@@ -10,7 +10,6 @@ rendered as ``{"error": "<message>"}``, the shape Triton clients read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import math
 import struct
@@ -31,18 +30,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 from service.api.classify import parse_timeout, read_body
 from service.api.health import readiness
 from service.api.responses import JSONResponse
-from service.errors import DeadlineExceeded, ModelNotReady, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, ModelNotReady, PayloadTooLarge, ServiceError
 from service.models import ModelInstance, ModelManager
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "imgserve"
 EXTENSIONS = ["classification", "binary_tensor_data"]
-
-
-class BadRequest(ServiceError):
-    """400 for a malformed inference request (Triton answers these with 400 too)."""
-
-    status, code = 400, "bad_request"
 
 
 class _V2Route(APIRoute):
@@ -252,18 +245,7 @@ def _timeout(params: dict[str, Any]) -> float | None:
 
 async def _run(inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
     """Submit each item to the dynamic batcher; the (N, C) logits."""
-    futures = inst.batcher.submit(list(batch), deadline)
-    try:
-        rows = await asyncio.wait_for(asyncio.gather(*futures), max(deadline - time.monotonic(), 0.0))
-    except TimeoutError as e:
-        raise DeadlineExceeded(f"request deadline passed while queued for model {inst.name!r}") from e
-    finally:
-        for f in futures:
-            if not f.done():
-                f.cancel()
-            else:
-                with contextlib.suppress(BaseException):
-                    f.exception()
+    rows = await inst.batcher.run(list(batch), deadline)
     return np.stack([r[0] for r in rows]).astype(np.float32, copy=False)
 
 
