@@ -13,7 +13,7 @@ import torch
 
 from export import images
 from export.errors import ExportError, UsageError
-from export.models import LoadedModel, default_model_name, load_model
+from export.models import RANDOM, LoadedModel, default_model_name, load_model
 from export.onnx_export import MIN_OPSET, convert_fp16, export_onnx
 from export.parity import FP32_ATOL, check_parity, ort_runner, parity_inputs, top1_agreement, torch_runner
 from export.repo_writer import (
@@ -160,7 +160,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
 
         if "int8" in names:
             result.agreements["int8"] = _int8(st, names["int8"], version, onnx_path, opts, pp, config,
-                                              loaded.labels)
+                                              loaded.labels, loaded.weights)
         if "fp16" in names:
             result.agreements["fp16"] = _fp16(st, names["fp16"], version, onnx_path, opts, pp, config,
                                               loaded.labels)
@@ -179,7 +179,7 @@ def gate_threshold(opts: ExportOptions, precision: str) -> float:
 
 
 def _int8(st: Staging, name: str, version: int, fp32: Path, opts: ExportOptions, pp: Preprocess,
-          config: ConfigFn, labels: list[str]) -> float:
+          config: ConfigFn, labels: list[str], weights: str) -> float:
     from export.quantize import gate_int8, quantize_int8
 
     m = st.model(name, version)
@@ -190,10 +190,15 @@ def _int8(st: Staging, name: str, version: int, fp32: Path, opts: ExportOptions,
     print(f"INT8 top-1 agreement with FP32: {100 * res.agreement:.1f}% (gate {100 * threshold:.1f}%); "
           f"size {res.int8_bytes / 1e6:.1f} MB vs {res.fp32_bytes / 1e6:.1f} MB", flush=True)
     if not res.passed:
+        hint = (
+            "with random weights predictions are meaningless, so agreement is too: pass --min-agreement 0 "
+            "to accept it (the value is recorded as export.int8_agreement)"
+            if weights == RANDOM
+            else "calibrate on images like the ones you serve (--calib-dir) or lower --min-agreement"
+        )
         raise ExportError(
             f"INT8 gate failed: top-1 agreement with FP32 is {100 * res.agreement:.1f}% < "
-            f"{100 * threshold:.1f}%; calibrate on your own images (--calib-dir) or lower --min-agreement "
-            "(random weights give near-tied logits that flip easily); nothing was written"
+            f"{100 * threshold:.1f}%; {hint}; nothing was written"
         )
     extra = {"export.int8_agreement": f"{res.agreement:.4f}", "export.int8_calibration": (
         str(opts.calib_dir) if opts.calib_dir else "skimage-sample-photos")}
