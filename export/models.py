@@ -148,11 +148,12 @@ def build_model(
     num_classes: int = 1000,
     transform_input: bool = False,
     pretrained: str | None = None,
-    init: bool = True,
 ) -> nn.Module:
     """A model with random weights (or timm's pretrained ones when ``pretrained`` names a tag).
 
-    ``init=False`` skips inception/googlenet's slow truncated-normal init when weights are loaded next.
+    Inception/GoogLeNet are built with ``init_weights=False`` (PyTorch's default layer init): their
+    own truncated-normal init (std 0.1) makes random-weight activations grow to ~1e10 logits, which
+    overflow FP16 and make absolute parity tolerances meaningless. Loaded weights replace it anyway.
     """
     if spec.timm:
         name = spec.name[len(TIMM_PREFIX) :]
@@ -164,7 +165,7 @@ def build_model(
     kwargs = dict(spec.build_kwargs)
     if spec.has_transform_input:
         kwargs["transform_input"] = transform_input
-        kwargs["init_weights"] = init
+        kwargs["init_weights"] = False
     return torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes, **kwargs)
 
 
@@ -305,7 +306,7 @@ def _from_checkpoint(
     n = int(state[key].shape[0])
     labels = _check_labels(labels, n, f"checkpoint {path.name}")
     tfi = _tf_input(spec, transform_input, False)
-    model = build_model(spec, n, bool(tfi), init=False)
+    model = build_model(spec, n, bool(tfi))
     _load_state(model, state, spec, str(path))
     if labels is None:
         labels = imagenet_categories() if n == 1000 else [f"class_{i}" for i in range(n)]
@@ -341,7 +342,7 @@ def _from_tag(spec: ArchSpec, tag: str, labels: list[str] | None, transform_inpu
     categories = list(w.meta["categories"])
     _check_labels(labels, len(categories), str(w))
     tfi = _tf_input(spec, transform_input, True)  # torchvision: True for the ImageNet weights
-    model = build_model(spec, len(categories), bool(tfi), init=False)
+    model = build_model(spec, len(categories), bool(tfi))
     _load_state(model, state, spec, str(w))
     tr = w.transforms()
     pp = Preprocess(

@@ -33,7 +33,7 @@ def test_export_writes_a_valid_model(arch: str, repo: Path, exports: dict[str, R
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert (model_dir / "1" / "model.onnx").is_file()
     labels = read_labels(model_dir / "labels.txt")
-    assert len(labels) == 1000 and labels[281] == "tabby cat"
+    assert len(labels) == 1000 and labels[281] == "tabby"
 
     cfg = read_config(model_dir)  # parsed through the ModelConfig protobuf schema
     crop = 299 if arch == "inception_v3" else 224
