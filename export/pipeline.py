@@ -152,7 +152,8 @@ def run_export(opts: ExportOptions) -> ExportResult:
         if not report.passed:
             raise ExportError(
                 f"parity gate failed: ONNX Runtime differs from PyTorch by up to {report.max_abs_diff:.2e} "
-                f"(tolerance {opts.atol:g}) or in the top-5; nothing was written"
+                f"(tolerance {opts.atol:g}, relative {report.rtol:g}) or in the top-5 (see the table above); "
+                "nothing was written"
             )
         result.parity_max_abs_diff = report.max_abs_diff
         fp32_extra = {"export.parity_max_abs_diff": f"{report.max_abs_diff:.3g}"}

@@ -19,7 +19,7 @@ ARCHS = ("resnet18", "resnext50_32x4d", "inception_v3", "googlenet")
 
 
 def parity_max(out: str) -> float:
-    m = re.search(r"parity PASS: max \|dlogit\| (\S+) \(tolerance 0.001\)", out)
+    m = re.search(r"parity PASS: max \|dlogit\| (\S+) \(tolerance 0.001, and 0.001 x max\|logit\|\)", out)
     assert m, out
     return float(m.group(1))
 

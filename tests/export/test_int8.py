@@ -30,9 +30,11 @@ pytestmark = pytest.mark.slow
 def photo_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A resnet18 checkpoint that classifies which sample photo an image was cut from, + labels."""
     photos = images.sample_photos()
-    per_photo = 6
-    x = torch.from_numpy(images.to_batch(images.calibration_variants(photos, per_photo), ARCHS["resnet18"].preprocess))
-    y = torch.arange(len(photos)).repeat_interleave(per_photo)
+    # Trained on crops/flips and on jittered variants (another seed than the check set's), so the
+    # check images are mostly classified with clear margins, as a real classifier's inputs are.
+    train = images.calibration_variants(photos, 6) + images.check_variants(photos, 6, seed=7)
+    x = torch.from_numpy(images.to_batch(train, ARCHS["resnet18"].preprocess))
+    y = torch.cat([torch.arange(len(photos)).repeat_interleave(6)] * 2)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=len(photos))
     for m in model.modules():
@@ -62,9 +64,13 @@ def photo_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Path, Path]) -> None:
     ckpt, labels = photo_classifier
+    calib_dir = tmp_path / "calib"  # a --calib-dir of image files, as a user would pass
+    calib_dir.mkdir()
+    for i, img in enumerate(images.calibration_variants(images.sample_photos(), per_photo=4)):
+        img.save(calib_dir / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
     repo = tmp_path / "repo"
     run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
-                  "--name", "photos", "--precision", "int8")
+                  "--name", "photos", "--precision", "int8", "--calib-dir", str(calib_dir))
     assert run.rc == 0, run.err
     m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)% \(gate 98.0%\)", run.out)
     assert m, run.out
@@ -77,6 +83,7 @@ def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Pat
     assert params["export.precision"] == "int8"
     assert float(params["export.int8_agreement"]) == pytest.approx(agreement, abs=1e-3)
     assert params["source.weights"].startswith("sha256:")
+    assert params["export.int8_calibration"] == str(calib_dir)
     assert get_params(read_config(repo / "photos"))["export.precision"] == "fp32"
     assert (repo / "photos_int8" / "labels.txt").read_text() == labels.read_text()
 
