@@ -159,7 +159,9 @@ def build_model(
         name = spec.name[len(TIMM_PREFIX) :]
         if pretrained is not None:
             name = name if pretrained == "DEFAULT" else f"{name}.{pretrained}"
-        return _timm().create_model(name, pretrained=pretrained is not None, num_classes=num_classes)
+        if pretrained is not None:  # the pretrained head as it is (its class count may not be 1000)
+            return _timm().create_model(name, pretrained=True)
+        return _timm().create_model(name, pretrained=False, num_classes=num_classes)
     import torchvision
 
     kwargs = dict(spec.build_kwargs)

@@ -124,3 +124,14 @@ def test_export_custom_classes_from_training_checkpoint(tmp_path: Path, state: d
                   "--name", "pets", "--no-simplify")
     assert run.rc == 0, run.err
     assert sorted(p.name for p in (repo / "pets").iterdir()) == ["4", "5", "config.pbtxt", "labels.txt"]
+
+
+def test_timm_checkpoint_class_count_from_get_classifier(tmp_path: Path) -> None:
+    import timm
+
+    model = timm.create_model("resnetv2_18", pretrained=False, num_classes=3)
+    path = tmp_path / "timm.pth"
+    torch.save({"model": model.state_dict()}, path)
+    loaded = load_model("timm:resnetv2_18", str(path))
+    assert loaded.num_classes == 3 and loaded.labels == ["class_0", "class_1", "class_2"]
+    assert loaded.preprocess.interpolation == "bicubic"

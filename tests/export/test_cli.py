@@ -71,6 +71,13 @@ def test_existing_version_is_refused(tmp_path: Path) -> None:
     assert (repo / "resnet18" / "3" / "model.onnx").read_bytes() == b"keep me"
 
 
+def test_repo_that_is_a_file(tmp_path: Path) -> None:
+    repo = tmp_path / "not_a_dir"
+    repo.write_text("x")
+    run = run_cli("--arch", "resnet18", "--weights", "random", "--repo", str(repo))
+    assert run.rc == 1 and run.err.startswith("error:") and repo.read_text() == "x"
+
+
 def test_unknown_tag(tmp_path: Path) -> None:
     run = _fails(tmp_path, "--arch", "resnet18", "--weights", "IMAGENET9K_V9", rc=2)
     assert "IMAGENET1K_V1" in run.err
