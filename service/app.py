@@ -9,12 +9,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import classify, health, models, v2
+from service.api.errors import error_response, render_error
 from service.api.responses import JSONResponse
 from service.cache import ResultCache
 from service.config import Settings
@@ -26,10 +28,6 @@ from service.models import ModelManager
 logger = logging.getLogger(__name__)
 
 _OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/openapi.json")
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 class RequestContext:
@@ -126,9 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        level = logging.ERROR if exc.status >= 500 and exc.status not in (503, 504) else logging.INFO
-        logger.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return render_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,7 +134,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             msgs.append(f"{where}: {err.get('msg')}")
         return error_response(422, "bad_parameter", "; ".join(msgs) or "invalid request")
 
-    app.include_router(classify.router)
+    app.router.add_route("/classify", classify.classify, methods=["POST"], include_in_schema=False)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = fastapi_openapi()  # cached by FastAPI after the first call
+        schema["paths"].setdefault("/classify", classify.OPENAPI)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)

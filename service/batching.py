@@ -1,10 +1,12 @@
 """Dynamic batcher: one asyncio task owns a bounded queue of images and feeds one runtime.
 
 A batch closes when it holds ``max_batch_size`` images, reaches a preferred size, or its oldest
-image has waited ``max_queue_delay``. While the runtime is busy the next batch keeps growing (it is
-topped up from the queue the moment the runtime frees), so under load batches fill by themselves
-with no polling. Requests whose caller went away or whose deadline passed are dropped before they
-reach the runtime. A failing batch fails only its own members and the loop keeps going.
+image has waited ``max_queue_delay``; with ``dispatch_when_idle`` (CPU runtimes, whose cost grows
+linearly with the batch so waiting buys nothing) it also closes at once when the runtime is idle.
+While the runtime is busy the next batch keeps growing (it is topped up from the queue the moment
+the runtime frees), so under load batches fill by themselves with no polling. Requests whose caller
+went away or whose deadline passed are dropped before they reach the runtime. A failing batch
+fails only its own members and the loop keeps going.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class BatcherConfig:
     max_queue_delay_s: float = 0.002
     preferred_batch_sizes: list[int] = field(default_factory=list)
     max_queue_size: int = 256
+    dispatch_when_idle: bool = False
 
 
 class _CostModel:
@@ -218,7 +221,7 @@ class Batcher:
                     batch.append(nxt)
                     continue
                 remaining = close_at - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (cfg.dispatch_when_idle and self._idle.is_set()):
                     break
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int | None = Field(None, description="override config.pbtxt max_batch_size")
     max_queue_delay_ms: float | None = Field(None, description="override config.pbtxt max_queue_delay_microseconds")
+    dispatch_when_idle: bool | None = Field(
+        None,
+        description="close a batch at once when the runtime is idle instead of waiting max_queue_delay "
+        "(default: on for CPU runtimes, where a batch costs the same per image as single runs)",
+    )
     request_timeout_s: float | None = Field(
         None, description="default request deadline (default: config.pbtxt queue policy, else 30 s)"
     )

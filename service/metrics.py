@@ -51,11 +51,36 @@ class Metrics:
             "inference_cache_requests", "Result cache lookups", ["model", "result"], registry=r
         )
         self.shed = Counter(
-            "inference_rejected_requests", "Requests refused on arrival", ["model", "reason"], registry=r
+            "inference_rejected_requests", "Requests refused with 503 (queue full, not ready, deadline)",
+            ["model", "reason"], registry=r,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         gpu = _GpuCollector.create()
         if gpu is not None:
             r.register(gpu)
+
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: labels() costs a lock and a dict build per call on the
+        hot path. Callers keep label values bounded (unknown model names are reported as ``_unknown``)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+
+    def request_done(
+        self, model: str, version: str, status: str, seconds: float, known: bool, code: str = ""
+    ) -> None:
+        """One finished request. Names and versions that no model has are counted as ``_unknown`` /
+        ``-``: request input must not mint unbounded label values (time series)."""
+        if not known:
+            model, version = "_unknown", "-"
+        self.child(self.requests, model, version, status).inc()
+        self.child(self.request_duration, model).observe(seconds)
+        if status == "503":
+            self.child(self.shed, model, code or "unavailable").inc()
 
 
 class _GpuCollector:

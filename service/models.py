@@ -64,6 +64,7 @@ class ModelInstance:
                 "preferred_batch_sizes": cfg.preferred_batch_sizes,
                 "max_queue_delay_ms": cfg.max_queue_delay_s * 1000,
                 "max_queue_size": cfg.max_queue_size,
+                "dispatch_when_idle": cfg.dispatch_when_idle,
                 "default_timeout_s": self.default_timeout_s,
             },
             "weights": self.weights,
@@ -167,6 +168,9 @@ class ModelManager:
             ),
             preferred_batch_sizes=[b for b in dyn.preferred_batch_size if b <= max_bs],
             max_queue_size=s.max_queue_size or qp.max_queue_size or DEFAULT_QUEUE,
+            dispatch_when_idle=(
+                s.dispatch_when_idle if s.dispatch_when_idle is not None else runtime.name.endswith("-cpu")
+            ),
         )
         if s.warmup:
             t0 = time.monotonic()
@@ -189,10 +193,10 @@ class ModelManager:
         metrics = self.metrics
 
         def on_batch(stats: BatchStats) -> None:
-            metrics.batch_size.labels(name).observe(stats.size)
-            metrics.compute_duration.labels(name).observe(stats.compute_s)
+            metrics.child(metrics.batch_size, name).observe(stats.size)
+            metrics.child(metrics.compute_duration, name).observe(stats.compute_s)
             for q in stats.queue_s:
-                metrics.queue_duration.labels(name).observe(q)
+                metrics.child(metrics.queue_duration, name).observe(q)
 
         batcher = Batcher(name, runtime.infer, bcfg, on_batch, admission_control=s.admission_control)
         return ModelInstance(
@@ -224,9 +228,9 @@ class ModelManager:
             self._instances[name] = {inst.version: inst for inst in new}
             self.states[name] = "ready"
             for inst in old.values():
-                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(0)
             for inst in new:
-                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(1)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(1)
             logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
                         new[0].runtime.name if new else "-")
         await self._retire(old.values())
@@ -245,7 +249,7 @@ class ModelManager:
             old = self._instances.pop(name, {})
             self.states[name] = "unloaded"
             for inst in old.values():
-                self.metrics.model_ready.labels(name, str(inst.version), inst.runtime.name).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(0)
         await self._retire(old.values())
         logger.info("model %s unloaded", name)
 

@@ -7,9 +7,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
 
+from service.api.errors import render_error
 from service.api.responses import JSONResponse
 from service.cache import ResultCache
 from service.errors import (
@@ -21,8 +23,6 @@ from service.errors import (
 )
 from service.models import ModelInstance, ModelManager, softmax, topk
 from service.preprocess import decode, resize_crop
-
-router = APIRouter()
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
 
@@ -97,23 +97,35 @@ def _prepare(inst: ModelInstance, data: bytes, max_pixels: int) -> np.ndarray:
     return inst.normalizer(resize_crop(decode(data, inst.preprocess, max_pixels), inst.preprocess))
 
 
-@router.post("/classify")
-async def classify(
-    request: Request,
-    model: str | None = Query(None, description="model name (default: the configured default model)"),
-    version: str | None = Query(None, description="model version (default: latest)"),
-    top_k: int = Query(5, ge=1, description="how many classes to return, 1..number of classes"),
-) -> JSONResponse:
+def parse_query(request: Request) -> tuple[str | None, str | None, int]:
+    """``model``, ``version`` and ``top_k`` from the query string, with clear 422s."""
+    q = request.query_params
+    unknown = set(q) - {"model", "version", "top_k"}
+    if unknown:
+        raise BadParameter(f"unknown query parameter(s) {', '.join(sorted(unknown))}: use model, version, top_k")
+    raw_k = q.get("top_k", "5")
+    try:
+        top_k = int(raw_k)
+    except ValueError:
+        top_k = 0
+    if top_k < 1:
+        raise BadParameter(f"top_k must be an integer >= 1 (at most the number of classes), got {raw_k!r}")
+    return q.get("model") or None, q.get("version") or None, top_k
+
+
+async def classify(request: Request) -> Response:
+    """POST /classify. A plain Starlette endpoint: FastAPI's dependency solving cost as much CPU per
+    request as the handler itself, and this is the hot path."""
     state = request.app.state
     settings = state.settings
     manager: ModelManager = state.manager
     metrics = state.metrics
     cache: ResultCache = state.cache
     started = time.monotonic()
-    name = model or manager.default_model()
-    status = "500"
-    label_version = version or "latest"
+    name, label_version, status, code = "_unknown", "-", "500", ""
     try:
+        model, version, top_k = parse_query(request)
+        name = model or manager.default_model()
         inst = manager.get(name, version)
         label_version = str(inst.version)
         if top_k > len(inst.labels):
@@ -125,13 +137,27 @@ async def classify(
         status = "200"
         return response
     except ServiceError as e:
-        status = str(e.status)
-        if e.code in ("queue_full", "model_not_ready"):
-            metrics.shed.labels(name, e.code).inc()
-        raise
+        status, code = str(e.status), e.code
+        return render_error(request, e)
     finally:
-        metrics.requests.labels(name, label_version, status).inc()
-        metrics.request_duration.labels(name).observe(time.monotonic() - started)
+        metrics.request_done(name, label_version, status, time.monotonic() - started, name in manager.states, code)
+
+
+#: documented in the OpenAPI schema by hand since the route is not a FastAPI route
+OPENAPI = {
+    "post": {
+        "summary": "Classify one or more images",
+        "description": "Raw image body (image/jpeg, png, webp, bmp, gif, application/octet-stream) or "
+        "multipart/form-data with one or more parts named `file`. See DESIGN.md §2.",
+        "parameters": [
+            {"name": "model", "in": "query", "schema": {"type": "string"}, "description": "model name"},
+            {"name": "version", "in": "query", "schema": {"type": "string"}, "description": "default: latest"},
+            {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}},
+            {"name": "X-Request-Timeout-Ms", "in": "header", "schema": {"type": "number"}},
+        ],
+        "responses": {"200": {"description": "predictions per image, in the order sent"}},
+    }
+}
 
 
 async def _classify(
@@ -147,7 +173,7 @@ async def _classify(
         todo = []
         for i, k in enumerate(keys):
             results[i] = cache.get(k)
-            metrics.cache.labels(inst.name, "hit" if results[i] is not None else "miss").inc()
+            metrics.child(metrics.cache, inst.name, "hit" if results[i] is not None else "miss").inc()
             if results[i] is None:
                 todo.append(i)
 
@@ -164,12 +190,12 @@ async def _classify(
             raise BadImage(f"image {i} could not be processed: {type(res).__name__}: {res}")
     tensors = [r for r in outcome if isinstance(r, np.ndarray)]
     preprocess_s = time.monotonic() - t_pre
-    metrics.preprocess_duration.labels(inst.name).observe(preprocess_s)
+    metrics.child(metrics.preprocess_duration, inst.name).observe(preprocess_s)
 
     queue_s = compute_s = 0.0
     if tensors:
         rows = await inst.batcher.run(tensors, deadline)
-        metrics.queue_depth.labels(inst.name).set(inst.batcher.queue_depth)
+        metrics.child(metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
         for i, (logits, q, c) in zip(todo, rows, strict=True):
             probs = softmax(logits)
             preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in topk(probs, top_k)]
@@ -177,7 +203,7 @@ async def _classify(
             if cache.enabled:
                 cache.put(keys[i], preds)
             queue_s, compute_s = max(queue_s, q), max(compute_s, c)
-    metrics.images.labels(inst.name, str(inst.version)).inc(len(uploads))
+    metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(uploads))
 
     body = {
         "model": inst.name,

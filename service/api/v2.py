@@ -272,7 +272,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     state = request.app.state
     settings, metrics = state.settings, state.metrics
     started = time.monotonic()
-    status, label_version = "500", version or "latest"
+    status, label_version, code = "500", "-", ""
     try:
         inst = _manager(request).get(name, version)
         label_version = str(inst.version)
@@ -286,7 +286,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         req = await loop.run_in_executor(state.pool, _parse, body, header_len, inst, settings.max_images_per_request)
         deadline = started + (req.timeout_s or parse_timeout(request, inst.default_timeout_s))
         logits = await _run(inst, req.batch, deadline)
-        metrics.images.labels(inst.name, label_version).inc(len(logits))
+        metrics.child(metrics.images, inst.name, label_version).inc(len(logits))
         parts = [_encode(o, logits, inst.labels) for o in req.outputs]
         head: dict[str, Any] = {"model_name": inst.name, "model_version": label_version}
         if req.id is not None:
@@ -301,10 +301,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             b"".join([header, *blobs]), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}
         )
     except ServiceError as e:
-        status = str(e.status)
-        if e.code in ("queue_full", "model_not_ready"):
-            metrics.shed.labels(name, e.code).inc()
+        status, code = str(e.status), e.code
         raise
     finally:
-        metrics.requests.labels(name, label_version, status).inc()
-        metrics.request_duration.labels(name).observe(time.monotonic() - started)
+        known = name in _manager(request).states
+        metrics.request_done(name, label_version, status, time.monotonic() - started, known, code)

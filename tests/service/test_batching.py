@@ -184,3 +184,17 @@ async def test_drain_finishes_queued_work_then_refuses() -> None:
     assert all(f.done() and not f.exception() for f in futs)
     with pytest.raises(ModelNotReady):
         b.submit([tensor(1)], None)
+
+
+async def test_dispatch_when_idle_skips_the_delay_but_still_batches_under_load() -> None:
+    rt = FakeRuntime(compute_s=0.05)
+    b = await run_batcher(rt, max_batch_size=16, max_queue_delay_s=1.0, dispatch_when_idle=True)
+    t0 = time.monotonic()
+    first = b.submit([tensor(0)], None)
+    await asyncio.sleep(0.01)
+    rest = [f for i in range(1, 6) for f in b.submit([tensor(i)], None)]
+    await asyncio.gather(*first)
+    assert time.monotonic() - t0 < 0.5  # did not wait the 1 s delay on an idle runtime
+    await asyncio.gather(*rest)
+    assert rt.batches == [1, 5]  # the five that came while it ran shared one batch
+    await b.drain_and_stop()

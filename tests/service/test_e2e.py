@@ -282,3 +282,13 @@ def test_readiness_waits_for_warmup_and_sigterm_drains(model_repo: Path, tmp_pat
         assert "Application shutdown complete" in s.logs()
     finally:
         s.stop()
+
+
+def test_request_input_does_not_mint_metric_labels(server: Server, photos: dict[str, bytes]) -> None:
+    with server.client() as c:
+        for i in range(3):
+            assert post_raw(c, photos["coffee.jpg"], model=f"attacker-{i}").status_code == 404
+        assert post_raw(c, photos["coffee.jpg"], version="999").status_code == 404
+        text = c.get("/metrics").text
+    assert "attacker-" not in text and 'version="999"' not in text
+    assert metric(text, "inference_requests_total", model="_unknown", status="404") >= 3
