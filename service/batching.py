@@ -93,6 +93,7 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pending_images = 0
+        self._reserved = 0  # admitted images still being decoded, not yet queued
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -105,9 +106,9 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def drain_and_stop(self) -> None:
-        """Refuse new work, finish what is queued and running, then stop."""
+        """Refuse new work, finish what is admitted, queued and running, then stop."""
         self._accepting = False
-        while self._queue or self._running:
+        while self._queue or self._running or self._reserved:
             self._wakeup.set()
             await asyncio.sleep(0.005)
         if self._task:
@@ -121,26 +122,27 @@ class Batcher:
         return self._pending_images
 
     # -- submission ------------------------------------------------------------------------
-    def submit(self, tensors: list[np.ndarray], deadline: float | None) -> list[asyncio.Future]:
-        """Enqueue one request's images; returns one future per image (logits row, queue_s, compute_s).
+    def admit(self, n: int, deadline: float | None) -> None:
+        """Reserve queue room for ``n`` images before the caller spends CPU decoding them.
 
-        Raises QueueFull (503) when the images do not fit, or when the recent batch costs predict
-        the request would miss its deadline anyway (deadline-aware admission).
+        Raises QueueFull (503) when they do not fit, or when the recent batch costs predict the
+        request would miss its deadline anyway (deadline-aware admission). Pair with ``submit(...,
+        admitted=True)`` or ``release(n)``.
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is being unloaded; retry shortly", retry_after_s=1)
-        n = len(tensors)
         cfg = self.config
-        if self._pending_images + n > cfg.max_queue_size:
-            retry = max(1.0, self.cost.predict(self._pending_images, 0, cfg.max_batch_size))
+        ahead = self._pending_images + self._reserved
+        if ahead + n > cfg.max_queue_size:
+            retry = max(1.0, self.cost.predict(ahead, 0, cfg.max_batch_size))
             raise QueueFull(
-                f"model {self.name!r} queue is full ({self._pending_images} images waiting, "
-                f"limit {cfg.max_queue_size}); retry after the Retry-After delay",
+                f"model {self.name!r} queue is full ({ahead} images waiting, limit {cfg.max_queue_size}); "
+                "retry after the Retry-After delay",
                 retry_after_s=retry,
             )
-        now = time.monotonic()
         if self._admission and deadline is not None:
-            eta = self.cost.predict(self._pending_images, n, cfg.max_batch_size)
+            now = time.monotonic()
+            eta = self.cost.predict(ahead, n, cfg.max_batch_size)
             if now + eta > deadline:
                 raise QueueFull(
                     f"model {self.name!r} cannot finish this request before its deadline "
@@ -148,6 +150,26 @@ class Batcher:
                     "retry later or allow a longer X-Request-Timeout-Ms",
                     retry_after_s=eta,
                 )
+        self._reserved += n
+
+    def release(self, n: int) -> None:
+        """Give back room reserved by ``admit`` for images that will not be submitted."""
+        self._reserved -= n
+        if not self._accepting:
+            self._wakeup.set()
+
+    def submit(
+        self, tensors: list[np.ndarray], deadline: float | None, admitted: bool = False
+    ) -> list[asyncio.Future]:
+        """Enqueue one request's images; returns one future per image (logits row, queue_s, compute_s).
+
+        Without ``admitted`` this runs ``admit`` first (503 when full or the deadline is hopeless).
+        """
+        n = len(tensors)
+        if not admitted:
+            self.admit(n, deadline)
+        self._reserved -= n
+        now = time.monotonic()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future] = []
         for t in tensors:
@@ -159,10 +181,10 @@ class Batcher:
         return futures
 
     async def run(
-        self, tensors: list[np.ndarray], deadline: float | None
+        self, tensors: list[np.ndarray], deadline: float | None, admitted: bool = False
     ) -> list[tuple[np.ndarray, float, float]]:
         """Submit and wait for every image; 504 when the deadline passes first. Leftovers are cancelled."""
-        futures = self.submit(tensors, deadline)
+        futures = self.submit(tensors, deadline, admitted)
         try:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))

@@ -177,24 +177,33 @@ async def _classify(
             if results[i] is None:
                 todo.append(i)
 
-    t_pre = time.monotonic()
-    max_pixels = state.settings.max_image_pixels
-    jobs = [loop.run_in_executor(state.pool, _prepare, inst, uploads[i].data, max_pixels) for i in todo]
-    outcome = await asyncio.gather(*jobs, return_exceptions=True)
-    for i, res in zip(todo, outcome, strict=True):
-        if isinstance(res, ServiceError):
-            where = f"image {i}" + (f" ({uploads[i].filename})" if uploads[i].filename else "")
-            res.message = f"{where}: {res.message}"
-            raise res
-        if isinstance(res, BaseException):
-            raise BadImage(f"image {i} could not be processed: {type(res).__name__}: {res}")
-    tensors = [r for r in outcome if isinstance(r, np.ndarray)]
-    preprocess_s = time.monotonic() - t_pre
-    metrics.child(metrics.preprocess_duration, inst.name).observe(preprocess_s)
-
+    # Admission before decoding: an overloaded model sheds requests before they cost any CPU.
+    if todo:
+        inst.batcher.admit(len(todo), deadline)
+    submitted = False
     queue_s = compute_s = 0.0
-    if tensors:
-        rows = await inst.batcher.run(tensors, deadline)
+    try:
+        t_pre = time.monotonic()
+        max_pixels = state.settings.max_image_pixels
+        jobs = [loop.run_in_executor(state.pool, _prepare, inst, uploads[i].data, max_pixels) for i in todo]
+        outcome = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, res in zip(todo, outcome, strict=True):
+            if isinstance(res, ServiceError):
+                where = f"image {i}" + (f" ({uploads[i].filename})" if uploads[i].filename else "")
+                res.message = f"{where}: {res.message}"
+                raise res
+            if isinstance(res, BaseException):
+                raise BadImage(f"image {i} could not be processed: {type(res).__name__}: {res}")
+        tensors = [r for r in outcome if isinstance(r, np.ndarray)]
+        preprocess_s = time.monotonic() - t_pre
+        metrics.child(metrics.preprocess_duration, inst.name).observe(preprocess_s)
+        if tensors:
+            submitted = True
+            rows = await inst.batcher.run(tensors, deadline, admitted=True)
+    finally:
+        if todo and not submitted:
+            inst.batcher.release(len(todo))
+    if todo:
         metrics.child(metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
         for i, (logits, q, c) in zip(todo, rows, strict=True):
             probs = softmax(logits)

@@ -198,3 +198,20 @@ async def test_dispatch_when_idle_skips_the_delay_but_still_batches_under_load()
     await asyncio.gather(*rest)
     assert rt.batches == [1, 5]  # the five that came while it ran shared one batch
     await b.drain_and_stop()
+
+
+async def test_admission_reserves_room_before_decoding_and_drain_waits_for_it() -> None:
+    rt = FakeRuntime()
+    b = await run_batcher(rt, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=3)
+    b.admit(2, None)  # two images being decoded
+    with pytest.raises(QueueFull):
+        b.admit(2, None)  # 2 reserved + 2 > 3
+    b.release(1)
+    b.admit(2, None)  # 1 + 2 fits
+    drained = asyncio.get_running_loop().create_task(b.drain_and_stop())
+    await asyncio.sleep(0.02)
+    assert not drained.done()  # admitted images are still coming
+    futs = b.submit([tensor(1), tensor(2)], None, admitted=True)
+    b.release(1)
+    await asyncio.gather(*futs)
+    await asyncio.wait_for(drained, 2)
