@@ -16,7 +16,7 @@ from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, RepositoryError, ServiceError
 from service.metrics import Metrics
 from service.preprocess import Normalizer
-from service.repository import ModelEntry, Preprocess, check_model_name, scan_model
+from service.repository import ModelEntry, Preprocess, check_model_name, read_config, scan_model
 from service.runtimes import create_runtime
 from service.runtimes.base import Runtime
 
@@ -95,6 +95,8 @@ class ModelManager:
         self._instances: dict[str, dict[int, ModelInstance]] = {}
         self.states: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: NAME_trt -> NAME when the plan cannot run here (no GPU, other GPU kind or TensorRT version)
+        self.fallbacks: dict[str, str] = {}
         # Loading/warming a model is long blocking work: its own thread, never the event loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
@@ -104,6 +106,8 @@ class ModelManager:
 
     def get(self, name: str, version: str | None = None) -> ModelInstance:
         versions = self._instances.get(name)
+        if not versions and name in self.fallbacks:
+            return self.get(self.fallbacks[name], version)
         if not versions:
             state = self.states.get(name)
             if state is None:
@@ -124,8 +128,9 @@ class ModelManager:
         return [self._instances[name][v] for v in sorted(self._instances.get(name, {}))]
 
     def not_ready(self) -> dict[str, str]:
-        """Models that should serve but do not; an operator's explicit unload is not a failure."""
-        return {n: s for n, s in self.states.items() if s not in ("ready", "unloaded")}
+        """Models that should serve but do not; an operator's explicit unload is not a failure, and a
+        plan that cannot run here is served by its ONNX model."""
+        return {n: s for n, s in self.states.items() if s not in ("ready", "unloaded") and n not in self.fallbacks}
 
     # -- loading -----------------------------------------------------------------------------
     def configured_names(self) -> list[str]:
@@ -227,6 +232,7 @@ class ModelManager:
             old = self._instances.get(name, {})
             self._instances[name] = {inst.version: inst for inst in new}
             self.states[name] = "ready"
+            self.fallbacks.pop(name, None)
             for inst in old.values():
                 self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(0)
             for inst in new:
@@ -237,9 +243,29 @@ class ModelManager:
         return new
 
     def _fail(self, name: str, reason: str) -> None:
+        if name in self._instances:  # a failed reload keeps the old instances serving
+            logger.error("model %s failed to reload, the loaded version keeps serving: %s", name, reason)
+            return
+        base = self._onnx_sibling(name)
+        if base is not None:
+            logger.warning("model %s cannot run here (%s); requests for it are served by %s", name, reason, base)
+            self.fallbacks[name] = base
+            self.states[name] = f"fallback: served by {base} ({reason})"
+            return
         logger.error("model %s failed to load: %s", name, reason)
-        if name not in self._instances:
-            self.states[name] = f"failed: {reason}"
+        self.states[name] = f"failed: {reason}"
+
+    def _onnx_sibling(self, name: str) -> str | None:
+        """``NAME`` for a TensorRT model ``NAME_trt`` whose ONNX model is in the repository too."""
+        if not name.endswith("_trt"):
+            return None
+        base = name[: -len("_trt")]
+        try:
+            if read_config(self.repo / name).platform != "tensorrt_plan":
+                return None
+            return base if read_config(self.repo / base).platform == "onnxruntime_onnx" else None
+        except ServiceError:
+            return None
 
     async def unload(self, name: str) -> None:
         if name not in self._instances and name not in self.states:

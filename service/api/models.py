@@ -15,7 +15,10 @@ def _describe(manager: ModelManager, name: str) -> dict[str, object]:
     instances = manager.instances(name)
     state = manager.states.get(name, "unknown")
     if not instances:
-        return {"name": name, "state": state, "versions": []}
+        out: dict[str, object] = {"name": name, "state": state, "versions": []}
+        if name in manager.fallbacks:
+            out["served_by"] = manager.fallbacks[name]
+        return out
     latest = instances[-1].describe()
     latest["state"] = state
     latest["versions"] = [str(i.version) for i in instances]

@@ -292,3 +292,35 @@ def test_request_input_does_not_mint_metric_labels(server: Server, photos: dict[
         text = c.get("/metrics").text
     assert "attacker-" not in text and 'version="999"' not in text
     assert metric(text, "inference_requests_total", model="_unknown", status="404") >= 3
+
+
+def test_unusable_tensorrt_plan_falls_back_to_its_onnx_model(model_repo: Path, tmp_path: Path,
+                                                             photos: dict[str, bytes]) -> None:
+    """A resnet18_trt plan that cannot run here (no TensorRT/GPU) must not block readiness: its
+    requests are served by resnet18 (DESIGN.md §1)."""
+    import shutil
+
+    from service.repository import read_config, set_params, write_config
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "resnet18", repo / "resnet18")
+    trt = repo / "resnet18_trt"
+    (trt / "1").mkdir(parents=True)
+    (trt / "1" / "model.plan").write_bytes(b"not a real plan")
+    shutil.copy(model_repo / "resnet18" / "labels.txt", trt / "labels.txt")
+    cfg = read_config(model_repo / "resnet18")
+    cfg.name, cfg.platform = "resnet18_trt", "tensorrt_plan"
+    set_params(cfg, {"tensorrt.compute_capability": "9.0", "tensorrt.version": "10.0.0"})
+    write_config(trt, cfg)
+
+    s = start_server(repo, tmp_path)
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            assert c.get("/health/ready").status_code == 200
+            r = post_raw(c, photos["coffee.jpg"], model="resnet18_trt")
+            assert r.status_code == 200 and r.json()["model"] == "resnet18"
+            desc = c.get("/models/resnet18_trt").json()
+            assert desc["state"].startswith("fallback") and desc["served_by"] == "resnet18"
+        assert "served by resnet18" in s.logs()
+    finally:
+        s.stop()
