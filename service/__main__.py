@@ -8,6 +8,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings
@@ -39,7 +40,14 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as e:
+        for err in e.errors():
+            where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            print(f"error: {where}: {err['msg']} (env IMGSERVE_{'_'.join(map(str, err['loc'])).upper()})",
+                  file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(

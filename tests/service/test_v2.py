@@ -15,7 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from service.preprocess import preprocess
 from service.repository import Preprocess
-from tests.service.conftest import API_KEY, Server, jpeg_bytes, start_server
+from tests.conftest import jpeg_bytes
+from tests.service.conftest import API_KEY, Server, start_server
 
 pytestmark = pytest.mark.slow
 
