@@ -17,6 +17,7 @@ from service.cache import ResultCache
 from service.errors import (
     BadImage,
     BadParameter,
+    BadRequest,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -52,13 +53,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def read_uploads(request: Request, max_bytes: int, max_images: int) -> list[Upload]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data" and ctype not in RAW_TYPES:  # refused before reading the body
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {ctype or '(none)'!r}: send multipart/form-data with 'file' parts, "
+            "or a raw body as image/jpeg, image/png, image/webp, image/bmp, image/gif or application/octet-stream"
+        )
     body = await read_body(request, max_bytes)
-    if ctype == "multipart/form-data":
-        request._body = body  # parse the already size-checked body
-        try:
-            form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
-        except Exception as e:  # starlette raises HTTPException / MultiPartException on bad input
-            raise BadImage(f"malformed multipart body: {getattr(e, 'detail', e)}") from e
+    if ctype != "multipart/form-data":
+        return [Upload(None, body)]
+    request._body = body  # Starlette's form parser reads the already size-checked body from here
+    try:
+        form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+    except Exception as e:  # starlette raises HTTPException / MultiPartException on bad input
+        raise BadRequest(f"malformed multipart body: {getattr(e, 'detail', e)}") from e
+    try:
         parts = form.getlist("file")
         if not parts:
             raise BadParameter("multipart body has no part named 'file': send images as file=@image.jpg")
@@ -69,14 +77,9 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int) -> lis
             if not isinstance(p, UploadFile):
                 raise BadParameter(f"part {i} named 'file' is a text field, not a file upload")
             uploads.append(Upload(p.filename, await p.read()))
-        await form.close()
         return uploads
-    if ctype in RAW_TYPES:
-        return [Upload(None, body)]
-    raise UnsupportedMediaType(
-        f"unsupported Content-Type {ctype or '(none)'!r}: send multipart/form-data with 'file' parts, "
-        "or a raw body as image/jpeg, image/png, image/webp, image/bmp, image/gif or application/octet-stream"
-    )
+    finally:
+        await form.close()
 
 
 def parse_timeout(request: Request, default_s: float) -> float:
