@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import Settings
-from service.preprocess import Normalizer, decode, resize_crop
+from service.preprocess import Normalizer, preprocess
 from service.repository import Preprocess, scan_model
 from service.runtimes import create_runtime
 from service.runtimes.base import Runtime
@@ -37,8 +37,8 @@ class Engine:
     input_shape: tuple[int, ...]
 
     def prepare(self, data: bytes) -> np.ndarray:
-        """Exactly the service's per-image work (service.api.classify._prepare)."""
-        return self.normalizer(resize_crop(decode(data, self.preprocess, MAX_PIXELS), self.preprocess))
+        """Exactly the service's per-image work (the same function /classify runs in its pool)."""
+        return preprocess(data, self.preprocess, MAX_PIXELS, self.normalizer)
 
     def close(self) -> None:
         self.runtime.close()

@@ -22,22 +22,16 @@ class Metrics:
             "inference_requests", "Classification requests by outcome", ["model", "version", "status"], registry=r
         )
         self.images = Counter("inference_images", "Images classified", ["model", "version"], registry=r)
-        self.request_duration = Histogram(
-            "inference_request_duration_seconds", "End-to-end request time", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+
+        def latency(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+
+        self.request_duration = latency("inference_request_duration_seconds", "End-to-end request time")
+        self.queue_duration = latency("inference_queue_duration_seconds", "Time an image waited for its batch")
+        self.preprocess_duration = latency(
+            "inference_preprocess_duration_seconds", "Decode + preprocess time per request"
         )
-        self.queue_duration = Histogram(
-            "inference_queue_duration_seconds", "Time an image waited for its batch", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.preprocess_duration = Histogram(
-            "inference_preprocess_duration_seconds", "Decode + preprocess time per request", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.compute_duration = Histogram(
-            "inference_compute_duration_seconds", "Runtime time per batch", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
+        self.compute_duration = latency("inference_compute_duration_seconds", "Runtime time per batch")
         self.batch_size = Histogram(
             "inference_batch_size", "Images per executed batch", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )

@@ -23,7 +23,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.models import ModelInstance, ModelManager, softmax, topk
-from service.preprocess import decode, resize_crop
+from service.preprocess import preprocess
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
 
@@ -93,11 +93,6 @@ def parse_timeout(request: Request, default_s: float) -> float:
     if not ms > 0:
         raise BadParameter(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
     return ms / 1000
-
-
-def _prepare(inst: ModelInstance, data: bytes, max_pixels: int) -> np.ndarray:
-    """Blocking decode + preprocess (runs in the worker pool)."""
-    return inst.normalizer(resize_crop(decode(data, inst.preprocess, max_pixels), inst.preprocess))
 
 
 def parse_query(request: Request) -> tuple[str | None, str | None, int]:
@@ -188,7 +183,8 @@ async def _classify(
     try:
         t_pre = time.monotonic()
         max_pixels = state.settings.max_image_pixels
-        jobs = [loop.run_in_executor(state.pool, _prepare, inst, uploads[i].data, max_pixels) for i in todo]
+        pp, norm = inst.preprocess, inst.normalizer
+        jobs = [loop.run_in_executor(state.pool, preprocess, uploads[i].data, pp, max_pixels, norm) for i in todo]
         outcome = await asyncio.gather(*jobs, return_exceptions=True)
         for i, res in zip(todo, outcome, strict=True):
             if isinstance(res, ServiceError):
