@@ -19,7 +19,7 @@ from export import images
 from export.errors import ExportError
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from export.parity import Runner, ort_runner, top1_agreement
-from service.repository import Preprocess
+from service.repository import FALLBACK_PARAM, Preprocess
 
 if TYPE_CHECKING:
     from export.pipeline import ExportOptions
@@ -247,6 +247,8 @@ def export_trt(
         "tensorrt.compute_capability": compute_capability(),
         "tensorrt.profile": ",".join(map(str, profile)),
         "export.trt_agreement": f"{agreement:.4f}",
+        # a plan only runs on the GPU kind it was built for: elsewhere the service serves this ONNX model
+        FALLBACK_PARAM: onnx_path.parent.parent.name,
     }
     m.write(build_config(config(name, precision, extra, platform="tensorrt_plan", gpu=True)), labels)
     return agreement

@@ -1,9 +1,9 @@
-"""The engine limit: the service's own decode + preprocess + ONNX Runtime code, in process, no HTTP.
+"""The engine limit: the service's own decode + preprocess + runtime code, in process, no HTTP.
 
 ``pipelined_throughput`` runs what the service runs per image (``decode`` -> ``resize_crop`` ->
 ``Normalizer`` in a thread pool of ``workers`` threads) overlapped with ``np.stack`` + inference of
 the previous batch on the calling thread, with the runtime built exactly as the service builds it
-(``create_runtime`` from the same settings, same session options). Its best images/s is the
+(``load_runtime`` through the same registry, same options). Its best images/s is the
 ceiling the HTTP service is compared against.
 """
 
@@ -22,8 +22,7 @@ import numpy as np
 from service.config import Settings
 from service.preprocess import Normalizer, preprocess
 from service.repository import Preprocess, scan_model
-from service.runtimes import create_runtime
-from service.runtimes.base import Runtime
+from service.runtimes import LoadSpec, Runtime, load_runtime
 
 MAX_PIXELS = Settings.model_fields["max_image_pixels"].default
 
@@ -44,15 +43,15 @@ class Engine:
         self.runtime.close()
 
 
-def load_engine(repo: Path, name: str, intra_op_threads: int = 0) -> Engine:
-    """Load the latest version of ``repo/name`` the way the service does (CPU, same session options)."""
+def load_engine(repo: Path, name: str, runtime: str = "auto", precision: str | None = None,
+                threads: int = 0) -> Engine:
+    """Load the latest version of ``repo/name`` the way the service does (CPU, same registry and options)."""
     entry = scan_model(repo / name)
-    dims = [int(d) for d in entry.config.input[0].dims]
-    settings = Settings(model_repo=repo, intra_op_threads=intra_op_threads, device="cpu")
-    runtime = create_runtime(entry.platform, settings)
-    runtime.load(entry.model_file(entry.latest_version()), "cpu")
-    pp = Preprocess.from_params(entry.params, dims)
-    return Engine(name, runtime, pp, Normalizer(pp), tuple(dims))
+    dims = tuple(int(d) for d in entry.config.input[0].dims)
+    spec = LoadSpec(entry.model_file(entry.latest_version()), entry.params, "cpu", threads, dims, precision)
+    rt, _ = load_runtime(entry.platform, spec, runtime, "cpu")
+    pp = Preprocess.from_params(entry.params, list(dims))
+    return Engine(name, rt, pp, Normalizer(pp), dims)
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:

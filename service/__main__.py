@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings
+from service.errors import ConfigError
 from service.logging import configure_logging
 
 logger = logging.getLogger("service")
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        raise SystemExit(2) from None
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -24,6 +24,7 @@ from service.errors import ServiceError, Unauthorized
 from service.logging import request_id
 from service.metrics import Metrics
 from service.models import ModelManager
+from service.runtimes import require
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class RequestContext:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="imgserve",
-        summary="Image classification with dynamic batching over ONNX Runtime / TensorRT",
+        summary="Image classification with dynamic batching over OpenVINO / ONNX Runtime / TensorRT",
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )

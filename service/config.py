@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,8 +24,15 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="model for requests that name none (default: first)")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, description="HTTP port")
-    runtime: Literal["auto", "tensorrt", "onnxruntime", "torch"] = Field(
-        "auto", description="runtime preference: auto picks TensorRT > ONNX Runtime (TensorRT/CUDA/CPU EP)"
+    runtime: str = Field(
+        "auto",
+        description="runtime: auto (the best available per model and device: TensorRT > ONNX Runtime on a GPU, "
+        "OpenVINO > ONNX Runtime on a CPU) or a registered one (onnxruntime, openvino, tensorrt)",
+    )
+    inference_precision: Literal["auto", "f32", "bf16", "f16"] = Field(
+        "auto",
+        description="OpenVINO inference precision (auto: the model's config.pbtxt pin, else OpenVINO's default "
+        "for this CPU, BF16 where the CPU has it)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to run models")
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest request body accepted (413 above)")
@@ -50,7 +57,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("text", description="log line format (json in containers)")
     log_level: str = Field("INFO", description="logging level")
     workers: int = Field(max(1, os.cpu_count() or 1), description="threads that decode and preprocess images")
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0: one per core)")
+    intra_op_threads: int = Field(0, description="compute threads per model (0: one per core)")
     warmup: bool = Field(True, description="run every batch size once before reporting ready")
     cache_size: int = Field(0, description="result cache entries keyed by image hash (0: off)")
     admission_control: bool = Field(True, description="reject on arrival requests that cannot meet their deadline")
@@ -58,3 +65,13 @@ class Settings(BaseSettings):
     shutdown_delay_s: float = Field(
         0.0, description="after SIGTERM, keep serving this long with readiness 503 (lets load balancers drain)"
     )
+
+    @field_validator("runtime")
+    @classmethod
+    def _registered_runtime(cls, v: str) -> str:
+        from service.runtimes.registry import registered
+
+        names = sorted(registered())
+        if v != "auto" and v not in names:
+            raise ValueError(f"unknown runtime {v!r}: use auto or one of {', '.join(names)}")
+        return v

@@ -73,3 +73,9 @@ class RepositoryError(ServiceError):
     """A model folder or config.pbtxt that cannot be served as it is."""
 
     status, code = 500, "repository_error"
+
+
+class ConfigError(ServiceError):
+    """A setting that cannot work on this machine (e.g. --runtime openvino without OpenVINO): refused at start."""
+
+    status, code = 500, "config_error"

@@ -16,9 +16,8 @@ from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, RepositoryError, ServiceError
 from service.metrics import Metrics
 from service.preprocess import Normalizer
-from service.repository import ModelEntry, Preprocess, check_model_name, read_config, scan_model
-from service.runtimes import create_runtime
-from service.runtimes.base import Runtime
+from service.repository import FALLBACK_PARAM, ModelEntry, Preprocess, check_model_name, read_config, scan_model
+from service.runtimes import LoadSpec, Runtime, load_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ class ModelInstance:
     input_shape: tuple[int, ...]
     default_timeout_s: float
     weights: str
+    runtime_reason: str = ""
     loaded_at: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, object]:
@@ -48,7 +48,10 @@ class ModelInstance:
             "name": self.name,
             "version": str(self.version),
             "platform": self.entry.platform,
-            "runtime": self.runtime.name,
+            "runtime": self.runtime.label,
+            "precision": self.runtime.precision,
+            "device": self.runtime.device_kind,
+            "runtime_choice": self.runtime_reason,
             "state": "ready",
             "input": {"name": "input", "shape": list(self.input_shape)},
             "num_classes": len(self.labels),
@@ -95,7 +98,7 @@ class ModelManager:
         self._instances: dict[str, dict[int, ModelInstance]] = {}
         self.states: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        #: NAME_trt -> NAME when the plan cannot run here (no GPU, other GPU kind or TensorRT version)
+        #: a model that cannot load here -> the model named by its FALLBACK_PARAM (a TensorRT plan -> its ONNX)
         self.fallbacks: dict[str, str] = {}
         # Loading/warming a model is long blocking work: its own thread, never the event loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
@@ -157,11 +160,15 @@ class ModelManager:
         pp = Preprocess.from_params(params, list(input_shape))
         if pp.crop != input_shape[-1]:
             raise RepositoryError(f"model {entry.name!r}: preprocess.crop {pp.crop} != input size {input_shape[-1]}")
-        runtime = create_runtime(entry.platform, s)
         model_file = entry.model_file(version)
         if not model_file.is_file():
             raise RepositoryError(f"model {entry.name!r} version {version}: {model_file.name} is missing")
-        runtime.load(model_file, s.device)
+        spec = LoadSpec(model_file=model_file, params=params, device=s.device, threads=s.intra_op_threads,
+                        input_shape=input_shape,
+                        precision=None if s.inference_precision == "auto" else s.inference_precision)
+        runtime, choice = load_runtime(entry.platform, spec, s.runtime, s.device)
+        logger.info("model %s v%d: runtime %s, %s (%s)", entry.name, version, runtime.label, runtime.precision,
+                    choice.reason)
         max_bs = s.max_batch_size or cfg.max_batch_size or 1
         dyn = cfg.dynamic_batching
         qp = dyn.default_queue_policy
@@ -174,7 +181,7 @@ class ModelManager:
             preferred_batch_sizes=[b for b in dyn.preferred_batch_size if b <= max_bs],
             max_queue_size=s.max_queue_size or qp.max_queue_size or DEFAULT_QUEUE,
             dispatch_when_idle=(
-                s.dispatch_when_idle if s.dispatch_when_idle is not None else runtime.name.endswith("-cpu")
+                s.dispatch_when_idle if s.dispatch_when_idle is not None else runtime.device_kind == "cpu"
             ),
         )
         if s.warmup:
@@ -208,6 +215,7 @@ class ModelManager:
             name=name, version=version, entry=entry, runtime=runtime, batcher=batcher, labels=labels,
             preprocess=pp, normalizer=Normalizer(pp), input_shape=input_shape,
             default_timeout_s=timeout, weights="random" if weights == "random" else weights,
+            runtime_reason=choice.reason,
         )
 
     async def load(self, name: str) -> list[ModelInstance]:
@@ -234,11 +242,11 @@ class ModelManager:
             self.states[name] = "ready"
             self.fallbacks.pop(name, None)
             for inst in old.values():
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(0)
             for inst in new:
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(1)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(1)
             logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
-                        new[0].runtime.name if new else "-")
+                        new[0].runtime.label if new else "-")
         await self._retire(old.values())
         return new
 
@@ -246,7 +254,7 @@ class ModelManager:
         if name in self._instances:  # a failed reload keeps the old instances serving
             logger.error("model %s failed to reload, the loaded version keeps serving: %s", name, reason)
             return
-        base = self._onnx_sibling(name)
+        base = self._fallback_for(name)
         if base is not None:
             logger.warning("model %s cannot run here (%s); requests for it are served by %s", name, reason, base)
             self.fallbacks[name] = base
@@ -255,15 +263,16 @@ class ModelManager:
         logger.error("model %s failed to load: %s", name, reason)
         self.states[name] = f"failed: {reason}"
 
-    def _onnx_sibling(self, name: str) -> str | None:
-        """``NAME`` for a TensorRT model ``NAME_trt`` whose ONNX model is in the repository too."""
-        if not name.endswith("_trt"):
-            return None
-        base = name[: -len("_trt")]
+    def _fallback_for(self, name: str) -> str | None:
+        """The model named by ``name``'s FALLBACK_PARAM, when it is in the repository (data, not a name suffix)."""
         try:
-            if read_config(self.repo / name).platform != "tensorrt_plan":
+            params = read_config(self.repo / name).parameters
+            base = params[FALLBACK_PARAM].string_value if FALLBACK_PARAM in params else ""
+            if not base or base == name:
                 return None
-            return base if read_config(self.repo / base).platform == "onnxruntime_onnx" else None
+            check_model_name(base)
+            read_config(self.repo / base)
+            return base
         except ServiceError:
             return None
 
@@ -275,7 +284,7 @@ class ModelManager:
             old = self._instances.pop(name, {})
             self.states[name] = "unloaded"
             for inst in old.values():
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.name).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(0)
         await self._retire(old.values())
         logger.info("model %s unloaded", name)
 

@@ -22,12 +22,16 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9_.-]+$")
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 
-# Files a version folder may hold, by platform (Triton's default model filenames).
+# Files a version folder may hold, by model kind (Triton's default model filenames).
 MODEL_FILENAMES = {
     "onnxruntime_onnx": "model.onnx",
     "tensorrt_plan": "model.plan",
     "pytorch_libtorch": "model.pt",
+    "openvino": "model.xml",  # + model.bin beside it
 }
+#: parameter naming the model that serves requests for this one when it cannot load here
+#: (the exporter writes it for TensorRT plans: a plan only runs on the GPU kind it was built for)
+FALLBACK_PARAM = "serve.fallback_model"
 
 ModelConfig = mc.ModelConfig
 
@@ -137,7 +141,10 @@ class ModelEntry:
 
     @property
     def platform(self) -> str:
-        return self.config.platform or ("onnxruntime_onnx" if self.config.backend == "onnxruntime" else "")
+        """The model kind: the config's platform, else what its backend serves (``openvino``)."""
+        from service.runtimes.registry import model_kind
+
+        return model_kind(self.config.platform, self.config.backend)
 
     @property
     def params(self) -> dict[str, str]:

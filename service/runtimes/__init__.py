@@ -1,26 +1,18 @@
-"""Runtime selection by platform, preference and what this machine has."""
+"""Runtimes behind one Protocol (``base.Runtime``), found through one registry (``registry``)."""
 
 from __future__ import annotations
 
-from service.config import Settings
-from service.errors import RepositoryError
-from service.runtimes.base import Runtime
+from service.runtimes.base import LoadSpec, Runtime
+from service.runtimes.registry import Choice, choose, model_kind, require
+
+__all__ = ["Choice", "LoadSpec", "Runtime", "choose", "load_runtime", "model_kind", "require"]
 
 
-def create_runtime(platform: str, settings: Settings) -> Runtime:
-    if settings.runtime == "torch":
-        raise RepositoryError(
-            "runtime 'torch' serves TorchScript models (platform pytorch_libtorch), which the exporter "
-            "does not write yet: use --runtime auto or onnxruntime"
-        )
-    if platform == "tensorrt_plan":
-        if settings.runtime == "onnxruntime":
-            raise RepositoryError("a tensorrt_plan model needs --runtime auto or tensorrt")
-        from service.runtimes.tensorrt import TensorRTRuntime
+def load_runtime(kind: str, spec: LoadSpec, preference: str = "auto", device: str = "auto") -> tuple[Runtime, Choice]:
+    """Choose the runtime for a model of ``kind``, create it and load ``spec`` on the chosen device."""
+    import dataclasses
 
-        return TensorRTRuntime()
-    if platform == "onnxruntime_onnx":
-        from service.runtimes.onnxruntime import OnnxRuntime
-
-        return OnnxRuntime(settings.intra_op_threads, prefer_tensorrt=settings.runtime in ("auto", "tensorrt"))
-    raise RepositoryError(f"platform {platform!r} is not supported: use onnxruntime_onnx or tensorrt_plan")
+    choice = choose(kind, preference, device)
+    runtime = choice.info.create()
+    runtime.load(dataclasses.replace(spec, device=choice.device))
+    return runtime, choice

@@ -7,21 +7,23 @@ machine, so this path has not run. It uses the TensorRT 10 name-based tensor API
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.errors import RepositoryError
-from service.repository import get_params, read_config
+from service.runtimes.base import DeviceKind, LoadSpec, warmup_sizes
 
 logger = logging.getLogger(__name__)
 
 
 class TensorRTRuntime:
     name = "tensorrt"
+    label = "tensorrt"
+    device_kind: DeviceKind = "gpu"
 
     def __init__(self) -> None:
+        self.precision = "fp16"
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
@@ -29,7 +31,8 @@ class TensorRTRuntime:
         self._input = "input"
         self._output = "logits"
 
-    def load(self, model_file: Path, device: str) -> None:
+    def load(self, spec: LoadSpec) -> None:
+        model_file, device = spec.model_file, spec.device
         if device == "cpu":
             raise RepositoryError("a TensorRT plan needs a GPU; --device cpu serves the ONNX model instead")
         try:
@@ -41,7 +44,8 @@ class TensorRTRuntime:
             ) from e
         if not torch.cuda.is_available():
             raise RepositoryError(f"TensorRT plan {model_file} needs a CUDA GPU and none is visible")
-        params = get_params(read_config(model_file.parent.parent))
+        params = spec.params
+        self.precision = params.get("export.precision", "fp16")
         built_cc = params.get("tensorrt.compute_capability")
         here = "{}.{}".format(*torch.cuda.get_device_capability())
         if built_cc and built_cc != here:
@@ -84,8 +88,7 @@ class TensorRTRuntime:
         return np.asarray(result.numpy())
 
     def warmup(self, batch_sizes: list[int], input_shape: tuple[int, ...]) -> None:
-        for n in batch_sizes:
-            self.infer(np.zeros((n, *input_shape), dtype=np.float32))
+        warmup_sizes(self, batch_sizes, input_shape)
 
     def close(self) -> None:
         self._context = None

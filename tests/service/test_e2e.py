@@ -165,7 +165,7 @@ def test_concurrent_requests_share_batches_and_metrics(server: Server, photos: d
         "inference_inflight_requests", "inference_model_ready",
     ]:
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
-    assert metric(text, "inference_model_ready", model="resnet18", version="1", runtime="onnxruntime-cpu") == 1
+    assert metric(text, "inference_model_ready", model="resnet18", version="1", runtime="openvino-cpu") == 1
     assert metric(text, "inference_requests_total", model="resnet18", status="200") >= 32
 
 
@@ -186,7 +186,9 @@ def test_models_endpoints(server: Server) -> None:
         one = c.get("/models/resnet18").json()
         missing = c.get("/models/nope")
     assert [m["name"] for m in listing] == ["resnet18"]
-    assert one["runtime"] == "onnxruntime-cpu" and one["weights"] == "random" and one["state"] == "ready"
+    # --runtime auto on a CPU: OpenVINO, at its default precision for this CPU (BF16 where it has it)
+    assert one["runtime"] == "openvino-cpu" and one["device"] == "cpu" and one["precision"] in ("fp32", "bf16")
+    assert one["runtime_choice"].startswith("auto: ") and one["weights"] == "random" and one["state"] == "ready"
     assert one["input"]["shape"] == [3, 224, 224] and one["batching"]["max_batch_size"] == 8
     assert one["batching"]["preferred_batch_sizes"] == [4, 8]
     assert missing.status_code == 404
@@ -310,7 +312,8 @@ def test_unusable_tensorrt_plan_falls_back_to_its_onnx_model(model_repo: Path, t
     shutil.copy(model_repo / "resnet18" / "labels.txt", trt / "labels.txt")
     cfg = read_config(model_repo / "resnet18")
     cfg.name, cfg.platform = "resnet18_trt", "tensorrt_plan"
-    set_params(cfg, {"tensorrt.compute_capability": "9.0", "tensorrt.version": "10.0.0"})
+    set_params(cfg, {"tensorrt.compute_capability": "9.0", "tensorrt.version": "10.0.0",
+                     "serve.fallback_model": "resnet18"})
     write_config(trt, cfg)
 
     s = start_server(repo, tmp_path)

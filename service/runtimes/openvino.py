@@ -1,0 +1,113 @@
+"""OpenVINO on the CPU: ONNX models through its ONNX frontend, and OpenVINO IR (``backend: "openvino"``).
+
+Compiled once per model version. Inference precision is OpenVINO's own default for this CPU (BF16
+where the CPU has AMX or AVX-512 BF16, else FP32) unless pinned: by the operator
+(``--inference-precision``), else by the model's ``config.pbtxt`` parameter
+``openvino.inference_precision`` (the exporter pins ``f32`` when a model fails its BF16 gate), or
+Triton's ``INFERENCE_PRECISION_HINT`` parameter. An INT8 model (FakeQuantize / QDQ nodes) reports
+``int8``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from service.errors import RepositoryError
+from service.runtimes.base import DeviceKind, LoadSpec, check_input_shape, warmup_sizes
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+PRECISION_PARAM = "openvino.inference_precision"
+_TRITON_PRECISION_PARAM = "INFERENCE_PRECISION_HINT"
+_ALIASES = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16", "fp16": "f16", "float16": "f16"}
+
+
+def pinned_precision(spec: LoadSpec) -> tuple[str | None, str]:
+    """The precision hint to compile with (None: OpenVINO's default) and where it came from."""
+    for raw, where in (
+        (spec.precision, "--inference-precision"),
+        (spec.params.get(PRECISION_PARAM), f"config parameter {PRECISION_PARAM}"),
+        (spec.params.get(_TRITON_PRECISION_PARAM), f"config parameter {_TRITON_PRECISION_PARAM}"),
+    ):
+        if raw is None or raw == "" or (raw == "auto" and where.startswith("--")):
+            continue
+        value = _ALIASES.get(raw.lower(), raw.lower())
+        if value not in PRECISIONS:
+            raise RepositoryError(
+                f"{where} is {raw!r}: use one of {', '.join(PRECISIONS)} (or leave it out for OpenVINO's default)"
+            )
+        return value, where
+    return None, "OpenVINO's default for this CPU"
+
+
+def _partial_shape(port: Any) -> list[object]:
+    return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+
+
+class OpenVinoRuntime:
+    name = "openvino"
+    label = "openvino-cpu"
+    device_kind: DeviceKind = "cpu"
+
+    def __init__(self) -> None:
+        self.precision = "fp32"
+        self._compiled: Any = None
+        self._request: Any = None
+
+    def load(self, spec: LoadSpec) -> None:
+        import openvino as ov
+
+        if spec.device != "cpu":
+            raise RepositoryError("the OpenVINO runtime serves on the CPU only here: use --device cpu or auto")
+        hint, source = pinned_precision(spec)
+        core = ov.Core()
+        model_file = spec.model_file
+        if model_file.suffix == ".xml" and not model_file.with_suffix(".bin").is_file():
+            raise RepositoryError(f"{model_file} has no {model_file.with_suffix('.bin').name} beside it")
+        try:
+            model = core.read_model(str(model_file))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with its frontend's message
+            raise RepositoryError(f"OpenVINO cannot read {model_file}: {str(e).strip().splitlines()[0]}") from e
+        if len(model.inputs) != 1 or len(model.outputs) < 1:
+            raise RepositoryError(f"{model_file}: expected one image input and a logits output, found "
+                                  f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
+        check_input_shape(model_file, _partial_shape(model.inputs[0]), spec.input_shape)
+        config: dict[str, Any] = {
+            # One batch at a time per model (the batcher feeds it), all cores on that batch.
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": spec.threads or (os.cpu_count() or 1),
+        }
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        try:
+            self._compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            raise RepositoryError(f"OpenVINO cannot compile {model_file}: {str(e).strip().splitlines()[0]}") from e
+        self._request = self._compiled.create_infer_request()
+        used_type = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        used = used_type.to_string() if hasattr(used_type, "to_string") else str(used_type).lower()
+        compute = PRECISIONS.get(_ALIASES.get(used, used), used)
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.precision = "int8" if quantized else compute
+        logger.info(
+            "loaded %s on openvino-cpu: %s (inference precision %s from %s; %s threads, %s stream(s))",
+            model_file, self.precision, compute, source, self._compiled.get_property("INFERENCE_NUM_THREADS"),
+            self._compiled.get_property("NUM_STREAMS"),
+        )
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        result = self._request.infer({0: batch}, share_inputs=True)
+        # The request's output buffer is reused by the next batch: callers keep rows, so copy it out.
+        return np.array(result[0], dtype=np.float32, copy=True)
+
+    def warmup(self, batch_sizes: list[int], input_shape: tuple[int, ...]) -> None:
+        warmup_sizes(self, batch_sizes, input_shape)
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
