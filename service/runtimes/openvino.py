@@ -45,6 +45,13 @@ def pinned_precision(spec: LoadSpec) -> tuple[str | None, str]:
     return None, "OpenVINO's default for this CPU"
 
 
+def ov_message(e: BaseException) -> str:
+    """OpenVINO's error text without its ``Exception from src/...cpp:NN:`` source-location lines."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith("Exception from ")]
+    return " ".join(kept)[:400] or type(e).__name__
+
+
 def _partial_shape(port: Any) -> list[object]:
     return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
 
@@ -72,7 +79,7 @@ class OpenVinoRuntime:
         try:
             model = core.read_model(str(model_file))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with its frontend's message
-            raise RepositoryError(f"OpenVINO cannot read {model_file}: {str(e).strip().splitlines()[0]}") from e
+            raise RepositoryError(f"OpenVINO cannot read {model_file}: {ov_message(e)}") from e
         if len(model.inputs) != 1 or len(model.outputs) < 1:
             raise RepositoryError(f"{model_file}: expected one image input and a logits output, found "
                                   f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
@@ -87,7 +94,7 @@ class OpenVinoRuntime:
         try:
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise RepositoryError(f"OpenVINO cannot compile {model_file}: {str(e).strip().splitlines()[0]}") from e
+            raise RepositoryError(f"OpenVINO cannot compile {model_file}: {ov_message(e)}") from e
         self._request = self._compiled.create_infer_request()
         used_type = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         used = used_type.to_string() if hasattr(used_type, "to_string") else str(used_type).lower()
