@@ -46,10 +46,25 @@ def test_checks_pass_and_fail_on_the_targets() -> None:
     assert ok["latency"]["budget_ms"] == pytest.approx(14.0) and ok["latency"]["pass"]
     assert ok["vs_naive"]["speedup"] == pytest.approx(92 / 50)
 
-    slow = report.checks(_model(service_rps=89.0, p50_c1=14.5))
+    slow = report.checks(_model(service_rps=84.0, p50_c1=14.5))
     assert not slow["throughput"]["pass"] and not slow["latency"]["pass"]
-    # INT8 has its own, lower throughput target
     assert report.checks(_model(service_rps=86.0, p50_c1=13.0, int8=True))["throughput"]["pass"]
+
+
+def test_default_runtime_vs_onnxruntime_service_is_gated_on_amx_only() -> None:
+    m = _model(service_rps=92.0, p50_c1=13.9)
+    m["service"]["runtime"] = "openvino-cpu"  # type: ignore[index]
+    m["service_baseline"] = {"runtime": "onnxruntime-cpu", "points": [
+        {"concurrency": 32, "rps": 46.0, "p50_ms": 600.0, "seconds": 10.0, "other_cpu_s": 0.0}]}
+    info = report.checks(m, amx=False)["vs_baseline_runtime"]
+    assert info["speedup"] == pytest.approx(2.0) and "pass" not in info  # information only without AMX
+    gated = report.checks(m, amx=True)["vs_baseline_runtime"]
+    assert gated["target"] == 4.0 and not gated["pass"]
+    text = report.format_model("resnet50", {"checks": report.checks(m, amx=True)})
+    assert ("default service (openvino-cpu) / onnxruntime-cpu service at c=32: 2.00x (target >= 4.0 on AMX)  "
+            "FAIL") in text
+    assert report.has_amx({"cpu": {"flags": {"amx_bf16": True, "amx_int8": True}}})
+    assert not report.has_amx({"cpu": {"flags": {"avx512_bf16": True, "amx_bf16": False}}})
 
 
 @pytest.mark.slow
@@ -68,3 +83,10 @@ def test_bench_end_to_end_smoke(model_repo: Path, tmp_path: Path) -> None:
         assert [p["concurrency"] for p in points] == [1, 4]
         assert all(p["requests"] > 0 and sum(p["errors"].values()) == 0 for p in points), points
     assert m["engine"]["best_ips"] > 0 and "throughput" in m["checks"]
+    # every runtime that serves the model here has its engine limit; the best one is the ceiling
+    assert set(m["engines"]) == {"openvino", "onnxruntime"}
+    assert m["engine"]["best_ips"] == max(e["best_ips"] for e in m["engines"].values())
+    assert m["service"]["runtime"] == "openvino-cpu" and result["environment"]["cpu"]["flags"]
+    # the default service is compared with the same model on ONNX Runtime at the top concurrency
+    assert m["service_baseline"]["runtime"] == "onnxruntime-cpu"
+    assert [p["concurrency"] for p in m["service_baseline"]["points"]] == [4]
