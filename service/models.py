@@ -41,6 +41,11 @@ class ModelInstance:
     runtime_reason: str = ""
     loaded_at: float = field(default_factory=time.time)
 
+    @property
+    def runtime_tag(self) -> str:
+        """Runtime and precision in use, e.g. ``openvino-cpu bf16``: the model_ready metric's runtime label."""
+        return f"{self.runtime.label} {self.runtime.precision}"
+
     def describe(self) -> dict[str, object]:
         cfg = self.batcher.config
         params = self.entry.params
@@ -242,11 +247,11 @@ class ModelManager:
             self.states[name] = "ready"
             self.fallbacks.pop(name, None)
             for inst in old.values():
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(0)
             for inst in new:
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(1)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(1)
             logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
-                        new[0].runtime.label if new else "-")
+                        new[0].runtime_tag if new else "-")
         await self._retire(old.values())
         return new
 
@@ -284,7 +289,7 @@ class ModelManager:
             old = self._instances.pop(name, {})
             self.states[name] = "unloaded"
             for inst in old.values():
-                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime.label).set(0)
+                self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(0)
         await self._retire(old.values())
         logger.info("model %s unloaded", name)
 

@@ -165,7 +165,9 @@ def test_concurrent_requests_share_batches_and_metrics(server: Server, photos: d
         "inference_inflight_requests", "inference_model_ready",
     ]:
         assert re.search(rf"^{name}[{{ ]", text, re.M), name
-    assert metric(text, "inference_model_ready", model="resnet18", version="1", runtime="openvino-cpu") == 1
+    ready = re.findall(r'^inference_model_ready\{model="resnet18",runtime="openvino-cpu (?:bf16|fp32)",version="1"\} '
+                       r'1\.0$', text, re.M)
+    assert len(ready) == 1, "the model_ready metric names the runtime and the precision in use"
     assert metric(text, "inference_requests_total", model="resnet18", status="200") >= 32
 
 
