@@ -76,7 +76,8 @@ class ModelInstance:
                 "default_timeout_s": self.default_timeout_s,
             },
             "weights": self.weights,
-            "source": {k: v for k, v in params.items() if k.startswith(("source.", "export.", "tensorrt."))},
+            "source": {k: v for k, v in params.items()
+                       if k.startswith(("source.", "export.", "tensorrt.", "openvino.", "serve."))},
             "queue_depth": self.batcher.queue_depth,
         }
 

@@ -171,3 +171,14 @@ async def test_bad_models_are_not_ready_while_others_serve(model_repo: Path, onn
             assert rows[0][0].shape == (1000,)
     finally:
         await manager.close()
+
+
+def test_two_streams_split_a_batch_and_agree(onnx_file: Path, inputs: np.ndarray) -> None:
+    one = load(onnx_file, "f32")
+    two = load(onnx_file, "f32", params={"openvino.num_streams": "2"})
+    assert two.streams == 2
+    x = np.concatenate([inputs, inputs])  # 10 images: split 5 + 5 across the two streams
+    np.testing.assert_allclose(two.infer(x), one.infer(x), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(two.infer(x[:1]), one.infer(x[:1]), atol=1e-4, rtol=0)  # small: one request
+    with pytest.raises(RepositoryError, match="openvino.num_streams is 'many'"):
+        load(onnx_file, params={"openvino.num_streams": "many"})
