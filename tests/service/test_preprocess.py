@@ -1,4 +1,8 @@
-"""Service preprocessing vs torchvision's reference eval transforms, on real photos."""
+"""Service preprocessing vs torchvision's reference eval transforms, on real photos.
+
+``preprocess`` turns only the small crop upright (EXIF orientation), never the whole image; the
+references turn the whole image with ``ImageOps.exif_transpose`` first, as torchvision users do.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,25 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 from skimage import data as skdata
 from torchvision import transforms
 
 from service.errors import BadImage, PayloadTooLarge
-from service.preprocess import decode, preprocess
+from service.preprocess import decode, exif_orientation, preprocess, preprocess_pil
 from service.repository import Preprocess
 
 PHOTOS = {"chelsea": skdata.chelsea, "coffee": skdata.coffee, "astronaut": skdata.astronaut, "rocket": skdata.rocket}
 IMAGENET = Preprocess()
 INCEPTION = Preprocess(resize_shorter=342, crop=299)
+#: EXIF orientation -> the transpose that displays the stored image (what exif_transpose applies)
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: ... and the one that undoes it (to store an upright photo under a given orientation)
+UNDO = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
 
 
 def jpeg(arr: np.ndarray, quality: int = 90, **kw: object) -> bytes:
@@ -26,8 +38,21 @@ def jpeg(arr: np.ndarray, quality: int = 90, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def reference(data: bytes, pp: Preprocess) -> torch.Tensor:
-    img = Image.open(io.BytesIO(data)).convert("RGB")
+def photo(name: str, scale: int = 1) -> np.ndarray:
+    arr = PHOTOS[name]()
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if scale > 1:  # a large photo exercises the DCT-domain (draft) downscale
+        arr = np.asarray(Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.BICUBIC))
+    return arr
+
+
+def reference(data: bytes, pp: Preprocess, exif: bool = False) -> torch.Tensor:
+    """torchvision on the fully decoded image (upright first when ``exif``)."""
+    img = Image.open(io.BytesIO(data))
+    if exif:
+        img = ImageOps.exif_transpose(img)
+    img = img.convert("RGB")
     t = transforms.Compose([
         transforms.Resize(pp.resize_shorter),
         transforms.CenterCrop(pp.crop),
@@ -50,32 +75,170 @@ def top5(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
         return model(x[None]).topk(5).indices[0].tolist()
 
 
+def assert_parity(ours_np: np.ndarray, ref: torch.Tensor, model: torch.nn.Module | None = None) -> float:
+    ours = torch.from_numpy(ours_np)
+    assert ours.shape == ref.shape
+    mean_abs = (ours - ref).abs().mean().item()
+    assert mean_abs <= 0.01, f"mean |delta| {mean_abs:.4f}"
+    if model is not None:
+        assert top5(model, ours) == top5(model, ref)
+    return mean_abs
+
+
 @pytest.mark.parametrize("pp", [IMAGENET, INCEPTION], ids=["224", "inception299"])
 @pytest.mark.parametrize("name", list(PHOTOS))
 @pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
 def test_matches_torchvision_reference(name: str, pp: Preprocess, scale: int, model: torch.nn.Module) -> None:
-    arr = PHOTOS[name]()
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if scale > 1:  # a large photo exercises the DCT-domain (draft) downscale
-        arr = np.asarray(Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.BICUBIC))
-    data = jpeg(arr)
-    ours = torch.from_numpy(preprocess(data, pp, max_pixels=10**9))
-    ref = reference(data, pp)
-    assert ours.shape == ref.shape == (3, pp.crop, pp.crop)
-    mean_abs = (ours - ref).abs().mean().item()
-    assert mean_abs <= 0.01, f"mean |delta| {mean_abs:.4f}"
-    if pp is IMAGENET:
-        assert top5(model, ours) == top5(model, ref)
+    data = jpeg(photo(name, scale))
+    ours = preprocess(data, pp, max_pixels=10**9)
+    assert ours.shape == (3, pp.crop, pp.crop)
+    assert_parity(ours, reference(data, pp), model if pp is IMAGENET else None)
 
 
-def test_exif_orientation_is_applied() -> None:
-    arr = skdata.chelsea()  # 300x451, landscape
+@pytest.mark.parametrize("pp", [IMAGENET, INCEPTION], ids=["224", "inception299"])
+def test_dct_scaled_crop_box_comes_from_the_full_size(pp: Preprocess) -> None:
+    # 2255x1500 decodes at 1/2 to 1128x750 (rounded up): a crop box computed on the reduced size
+    # instead of the full one was shifted by up to half an output pixel (mean |delta| 0.048).
+    data = jpeg(photo("chelsea", 5))
+    assert_parity(preprocess(data, pp, max_pixels=10**9), reference(data, pp))
+
+
+def _stored(orientation: int, scale: int = 1) -> Image.Image:
+    """chelsea (landscape: the 90° turns change the crop) stored so that ``orientation`` shows it upright."""
+    upright = Image.fromarray(photo("chelsea", scale))
+    return upright if orientation == 1 else upright.transpose(TRANSPOSE[UNDO[orientation]])
+
+
+def _exif(orientation: int) -> bytes:
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise to display
-    data = jpeg(arr, exif=exif.tobytes())
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+def test_exif_orientation_matches_torchvision_on_the_upright_image(
+    orientation: int, scale: int, model: torch.nn.Module
+) -> None:
+    data = jpeg(np.asarray(_stored(orientation, scale)), exif=_exif(orientation))
+    assert exif_orientation(Image.open(io.BytesIO(data))) == orientation
+    ours = preprocess(data, IMAGENET, max_pixels=10**9)
+    # The same decoded pixels, turned upright before torchvision's transforms (a wrong turn or flip
+    # is far outside the tolerance).
+    assert_parity(ours, reference(data, IMAGENET, exif=True), model)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_exif_orientation_of_other_formats(fmt: str, orientation: int) -> None:
+    buf = io.BytesIO()
+    _stored(orientation).save(buf, fmt, exif=_exif(orientation), **({"lossless": True} if fmt == "WEBP" else {}))
+    data = buf.getvalue()
+    assert_parity(preprocess(data, IMAGENET, max_pixels=10**9), reference(data, IMAGENET, exif=True))
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>')
+# Big-endian TIFF header, IFD0 with one SHORT Orientation = 8.
+BIG_ENDIAN_8 = (b"Exif\x00\x00MM\x00*" + (8).to_bytes(4, "big") + (1).to_bytes(2, "big") + (0x0112).to_bytes(2, "big")
+                + (3).to_bytes(2, "big") + (1).to_bytes(4, "big") + b"\x00\x08\x00\x00" + (0).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"exif": BIG_ENDIAN_8}, 8),
+        ({"xmp": XMP % 6}, 6),  # no EXIF orientation: Pillow's getexif (and so exif_transpose) reads XMP
+        ({"exif": _exif(3), "xmp": XMP % 6}, 3),  # EXIF wins over XMP
+        ({"exif": _exif(9)}, 1),  # out of 1..8: exif_transpose turns nothing
+        ({}, 1),
+    ],
+    ids=["big-endian-exif", "xmp", "exif-over-xmp", "invalid", "none"],
+)
+def test_orientation_source_and_precedence_match_exif_transpose(kw: dict[str, bytes], expected: int) -> None:
+    data = jpeg(skdata.chelsea(), **kw)
+    assert exif_orientation(Image.open(io.BytesIO(data))) == expected
+    assert_parity(preprocess(data, IMAGENET, 10**9), reference(data, IMAGENET, exif=True))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+def test_preprocess_never_turns_or_copies_the_whole_image(
+    orientation: int, scale: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = jpeg(np.asarray(_stored(orientation, scale)), exif=_exif(orientation))
+    expected = preprocess(data, IMAGENET, 10**9)
+
+    def whole_image(*args: object, **kw: object) -> None:
+        raise AssertionError("turned or copied the whole image")
+
+    for name in ("transpose", "copy"):
+        monkeypatch.setattr(Image.Image, name, whole_image)
+    monkeypatch.setattr(ImageOps, "exif_transpose", whole_image)
+    assert np.array_equal(preprocess(data, IMAGENET, 10**9), expected)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_preprocess_pil_agrees_with_preprocess(orientation: int) -> None:
+    """export's calibration path (exif_transpose on the whole image) and the service's (turn the crop)."""
+    data = jpeg(np.asarray(_stored(orientation)), exif=_exif(orientation))
+    ours, pil = preprocess(data, IMAGENET, 10**9), preprocess_pil(Image.open(io.BytesIO(data)), IMAGENET)
+    if orientation == 1:
+        assert np.array_equal(ours, pil)
+    else:  # the resample's two passes run in the other order: rounding only
+        assert np.abs(ours - pil).mean() < 0.005
+
+
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+def test_grayscale_jpeg(scale: int) -> None:
+    gray = np.asarray(Image.fromarray(photo("coffee", scale)).convert("L"))
+    data = jpeg(gray)
+    assert Image.open(io.BytesIO(data)).mode == "L"
+    assert_parity(preprocess(data, IMAGENET, 10**9), reference(data, IMAGENET))
+
+
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+def test_progressive_jpeg(scale: int, model: torch.nn.Module) -> None:
+    data = jpeg(photo("astronaut", scale), progressive=True)
+    assert Image.open(io.BytesIO(data)).info.get("progressive")
+    assert_parity(preprocess(data, IMAGENET, 10**9), reference(data, IMAGENET), model)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_cmyk_jpeg(orientation: int) -> None:
+    buf = io.BytesIO()
+    _stored(orientation).convert("CMYK").save(buf, "JPEG", quality=90, exif=_exif(orientation))
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert_parity(preprocess(data, IMAGENET, 10**9), reference(data, IMAGENET, exif=True))
+
+
+def test_out_writes_into_a_preallocated_batch() -> None:
+    oriented = jpeg(np.asarray(_stored(6)), exif=_exif(6))  # a transposed (non-contiguous) crop
+    photos = [jpeg(photo("coffee")), jpeg(photo("astronaut", 4)), _png(photo("chelsea")), oriented]
+    batch = np.zeros((len(photos), 3, 224, 224), dtype=np.float32)
+    for i, data in enumerate(photos):
+        row = preprocess(data, IMAGENET, 10**9, out=batch[i])
+        assert np.shares_memory(row, batch[i])
+        assert np.array_equal(batch[i], preprocess(data, IMAGENET, 10**9))
+    with pytest.raises(ValueError, match="out must be float32"):
+        preprocess(photos[0], IMAGENET, 10**9, out=np.zeros((3, 224, 224), dtype=np.float64))
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+def test_exif_orientation_is_applied(scale: int) -> None:
+    arr = photo("chelsea", scale)  # landscape
+    data = jpeg(arr, exif=_exif(6))  # rotate 90° clockwise to display
     img = decode(data, IMAGENET, max_pixels=10**9)
-    assert img.size == (arr.shape[0], arr.shape[1])  # portrait after transpose
+    assert img.mode == "RGB"
+    h, w = arr.shape[:2]
+    assert img.size == ((h, w) if scale == 1 else (h // 2, w // 2))  # portrait (1804x1200: 1/2 DCT scale)
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA", "1"])
@@ -115,9 +278,17 @@ def test_bad_inputs() -> None:
         preprocess(b"", IMAGENET, max_pixels=10**9)
     with pytest.raises(BadImage, match="identify"):
         preprocess(b"not an image at all", IMAGENET, max_pixels=10**9)
-    data = jpeg(skdata.chelsea())
-    with pytest.raises(BadImage, match="decoded"):
-        preprocess(data[: len(data) // 2], IMAGENET, max_pixels=10**9)
+    with pytest.raises(BadImage):
+        preprocess(b"\xff\xd8\xff" + b"x" * 100, IMAGENET, max_pixels=10**9)  # JPEG magic only
+
+
+@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_truncated_jpeg_is_bad_image(scale: int, progressive: bool) -> None:
+    data = jpeg(photo("chelsea", scale), progressive=progressive)
+    for cut in (len(data) // 2, len(data) - 10):
+        with pytest.raises(BadImage, match="truncated or corrupt"):
+            preprocess(data[:cut], IMAGENET, max_pixels=10**9)
 
 
 def test_pixel_limit_checked_before_decoding() -> None:
@@ -127,3 +298,25 @@ def test_pixel_limit_checked_before_decoding() -> None:
     big.save(buf, "PNG")
     with pytest.raises(PayloadTooLarge, match="pixels"):
         decode(buf.getvalue(), IMAGENET, max_pixels=40_000_000)
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        preprocess(buf.getvalue(), IMAGENET, max_pixels=40_000_000)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header claims ``width`` x ``height`` (a JPEG decompression bomb)."""
+    data = bytearray(jpeg(skdata.chelsea()))
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_jpeg_pixel_limit_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = jpeg_claiming(60000, 60000)
+
+    def no_decoding(*args: object, **kw: object) -> None:
+        raise AssertionError("decoded an image over the pixel limit")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # what JpegImageFile.load is
+    with pytest.raises(PayloadTooLarge, match="60000x60000 = 3600000000 pixels"):
+        preprocess(data, IMAGENET, max_pixels=40_000_000)
