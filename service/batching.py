@@ -260,6 +260,9 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _stack_and_infer(self, tensors: list[np.ndarray]) -> np.ndarray:
+        return self._infer(np.stack(tensors))
+
     async def _run(self, batch: list[_Item]) -> None:
         try:
             # A caller may have gone away, or a deadline passed, while we waited for the runtime.
@@ -267,10 +270,10 @@ class Batcher:
             if not batch:
                 return
             started = time.monotonic()
-            x = np.stack([it.tensor for it in batch])
             loop = asyncio.get_running_loop()
             try:
-                out = await loop.run_in_executor(self._executor, self._infer, x)
+                # Stacking copies every image: done on the inference thread, never on the event loop.
+                out = await loop.run_in_executor(self._executor, self._stack_and_infer, [it.tensor for it in batch])
                 if out.shape[0] != len(batch):
                     raise RuntimeError(f"runtime returned {out.shape[0]} rows for a batch of {len(batch)}")
             except Exception as e:  # noqa: BLE001 - a failed batch fails its members, never the loop
