@@ -11,7 +11,7 @@ from pathlib import Path
 from export.errors import ExportError
 from export.models import ARCHS, list_archs
 from export.onnx_export import MIN_OPSET
-from export.pipeline import PRECISIONS, ExportOptions, run_export
+from export.pipeline import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions, run_export
 from export.repo_writer import DEFAULT_PREFERRED
 
 logger = logging.getLogger("export")
@@ -20,7 +20,7 @@ logger = logging.getLogger("export")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
-        description="Export a torchvision/timm CNN to ONNX (and INT8 / FP16 / TensorRT) into a "
+        description="Export a torchvision/timm CNN to ONNX (and OpenVINO IR / INT8 / FP16 / TensorRT) into a "
         "Triton-layout model repository, gated by parity checks.",
     )
     p.add_argument("--list", action="store_true", help="list architectures with input size and parameters")
@@ -37,11 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=True,
                    help="simplify with onnxslim (default on)")
     p.add_argument("--fp16", action="store_true", help="also write an FP16 model NAME_fp16")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="openvino: also write NAME_ov, an OpenVINO IR (backend openvino), gated against ONNX Runtime")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="int8: also write NAME_int8 (ONNX Runtime static quantization); with --trt: engine precision")
+                   help="int8: also write NAME_int8 (see --int8-method); with --trt: engine precision")
+    p.add_argument("--int8-method", choices=INT8_METHODS, default=None,
+                   help=f"INT8 quantizer: ort-qdq (ONNX Runtime static quantization, a QDQ ONNX model that ONNX "
+                   f"Runtime and OpenVINO serve) or nncf (NNCF, an OpenVINO IR); default {DEFAULT_INT8_METHOD}")
     p.add_argument("--calib-dir", type=Path, help="INT8 calibration images (default: scikit-image samples)")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="top-1 agreement gate for INT8/FP16/TensorRT (default 0.98 int8, 0.99 fp16)")
+    p.add_argument("--bf16-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="check that OpenVINO may run the FP32 model in BF16 (its default on CPUs with BF16), "
+                   "pinning it to f32 in its config if not (default: on when openvino is installed)")
     p.add_argument("--trt", action="store_true", help="also build a TensorRT plan NAME_trt (needs a GPU)")
     p.add_argument("--transform-input", action=argparse.BooleanOptionalAction, default=None,
                    help="inception_v3/googlenet: torchvision's transform_input (default: on for ImageNet tags)")
@@ -64,6 +72,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Expor
         opset=args.opset, simplify=args.simplify, fp16=args.fp16, precision=args.precision,
         calib_dir=args.calib_dir, trt=args.trt, fallback_random=args.fallback_random,
         min_agreement=args.min_agreement, transform_input=args.transform_input, atol=args.atol,
+        format=args.format, int8_method=args.int8_method, bf16_gate=args.bf16_gate,
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from export import images
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from service.repository import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +136,42 @@ def top1_agreement(reference: Runner, candidate: Runner, x: np.ndarray, batch: i
     a = run_batched(reference, x, batch).argmax(axis=1)
     b = run_batched(candidate, x, batch).argmax(axis=1)
     return float(np.mean(a == b))
+
+
+class Reference:
+    """FP32 ONNX Runtime and its logits on the gates' inputs (the check set, the real photos).
+
+    Each is computed on first use and then shared by every gate of one export.
+    """
+
+    def __init__(self, fp32: Path, pp: Preprocess, batch: int = 8) -> None:
+        self.fp32, self.pp, self.batch = fp32, pp, batch
+
+    @cached_property
+    def runner(self) -> Runner:
+        return ort_runner(self.fp32)
+
+    @cached_property
+    def check(self) -> np.ndarray:
+        return images.check_set(self.pp)
+
+    @cached_property
+    def check_logits(self) -> np.ndarray:
+        return run_batched(self.runner, self.check, self.batch)
+
+    @cached_property
+    def photos(self) -> np.ndarray:
+        return images.to_batch(images.sample_photos(), self.pp)
+
+    @cached_property
+    def photos_logits(self) -> np.ndarray:
+        return self.runner(self.photos)
+
+    def agreement(self, candidate: Runner) -> float:
+        """Fraction of the check set whose top-1 class ``candidate`` shares with FP32 ONNX Runtime."""
+        got = run_batched(candidate, self.check, self.batch).argmax(axis=1)
+        return float(np.mean(self.check_logits.argmax(axis=1) == got))
+
+    def photos_top1_equal(self, candidate: Runner) -> bool:
+        """Whether ``candidate`` gives every real photo the same top-1 class as FP32 ONNX Runtime."""
+        return bool(np.array_equal(self.photos_logits.argmax(axis=1), candidate(self.photos).argmax(axis=1)))

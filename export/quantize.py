@@ -1,4 +1,7 @@
-"""CPU INT8: ONNX Runtime static quantization (QDQ, per-channel) calibrated on real images."""
+"""CPU INT8: ONNX Runtime static quantization (QDQ, per-channel) calibrated on real images, and the gate.
+
+The other INT8 method, NNCF on the OpenVINO model, lives in ``export.openvino``; both are gated here.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from tqdm import tqdm
 
 from export.errors import ExportError
 from export.onnx_export import INPUT_NAME, check_onnx
-from export.parity import ort_runner, top1_agreement
+from export.parity import Reference, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +85,17 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, batch: int = CALIB_B
     return out
 
 
-def gate_int8(fp32: Path, int8: Path, check: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> Int8Result:
-    """Top-1 agreement of the INT8 model with the FP32 one on the check set."""
+def model_bytes(path: Path) -> int:
+    """Size of a model file; for an IR, model.xml + model.bin."""
+    size = path.stat().st_size
+    return size + path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else size
+
+
+def gate_int8(ref: Reference, int8: Path, candidate: Runner, min_agreement: float = MIN_AGREEMENT) -> Int8Result:
+    """Top-1 agreement of the INT8 model (run by ``candidate``) with FP32 ONNX Runtime on the check set."""
     t0 = time.perf_counter()
-    agreement = top1_agreement(ort_runner(fp32), ort_runner(int8), check)
-    res = Int8Result(int8, agreement, min_agreement, fp32.stat().st_size, int8.stat().st_size)
+    agreement = ref.agreement(candidate)
+    res = Int8Result(int8, agreement, min_agreement, model_bytes(ref.fp32), model_bytes(int8))
     logger.info("INT8 top-1 agreement with FP32 on %d check images: %.1f%% (gate %.1f%%) in %.1fs",
-                len(check), 100 * agreement, 100 * min_agreement, time.perf_counter() - t0)
+                len(ref.check), 100 * agreement, 100 * min_agreement, time.perf_counter() - t0)
     return res

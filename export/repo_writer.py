@@ -48,19 +48,25 @@ def preferred_batches(preferred: Sequence[int] | None, max_batch: int) -> list[i
 @dataclass(frozen=True)
 class ConfigSpec:
     name: str
-    platform: str  # onnxruntime_onnx | tensorrt_plan
+    platform: str  # onnxruntime_onnx | tensorrt_plan | "" with a backend
     input_dims: tuple[int, int, int]
     num_classes: int
     max_batch_size: int
     preferred: tuple[int, ...]
     params: dict[str, str]
     gpu: bool = False
+    backend: str = ""  # e.g. openvino: Triton picks the model by backend (the platform stays empty)
 
 
 def build_config(spec: ConfigSpec) -> _ModelConfig:
+    if bool(spec.platform) == bool(spec.backend):
+        raise ValueError(f"model {spec.name}: give a platform or a backend, not both or neither")
     cfg = mc.ModelConfig()
     cfg.name = spec.name
-    cfg.platform = spec.platform
+    if spec.backend:
+        cfg.backend = spec.backend
+    else:
+        cfg.platform = spec.platform
     cfg.max_batch_size = spec.max_batch_size
     inp = cfg.input.add()
     inp.name = "input"

@@ -2,9 +2,7 @@
 
 Random weights make a weak gate subject: a randomly initialised ResNet predicts nearly the same
 class for every image, so agreement is trivially high and says nothing. These tests use a model
-whose predictions mean something: a random resnet18 backbone with its BatchNorm statistics
-re-estimated on the sample photos and a logistic-regression head trained to tell the photos
-apart (its top-1 depends on the image, with clear margins, as a trained classifier's does).
+whose predictions mean something: ``photo_classifier`` (tests/export/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,51 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-import torchvision
 
 from export import images
-from export.models import ARCHS
 from service.repository import get_params, read_config
 from tests.export.helpers import run_cli, snapshot
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def photo_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A resnet18 checkpoint that classifies which sample photo an image was cut from, + labels."""
-    photos = images.sample_photos()
-    # Trained on crops/flips and on jittered variants (another seed than the check set's), so the
-    # check images are mostly classified with clear margins, as a real classifier's inputs are.
-    train = images.calibration_variants(photos, 6) + images.check_variants(photos, 6, seed=7)
-    x = torch.from_numpy(images.to_batch(train, ARCHS["resnet18"].preprocess))
-    y = torch.cat([torch.arange(len(photos)).repeat_interleave(6)] * 2)
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=len(photos))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-    with torch.no_grad():
-        model.train()
-        model(x)
-        model.eval()
-        model.fc, fc = torch.nn.Identity(), model.fc  # type: ignore[assignment]
-        feats = model(x)
-        model.fc = fc
-    # Logistic-regression head on the frozen features: clear margins, like a trained classifier's.
-    opt = torch.optim.Adam(fc.parameters(), lr=1e-2)
-    for _ in range(300):
-        loss = torch.nn.functional.cross_entropy(fc(feats), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    d = tmp_path_factory.mktemp("photo_classifier")
-    ckpt, labels = d / "photo_classifier.pth", d / "labels.txt"
-    torch.save({"state_dict": model.state_dict()}, ckpt)
-    labels.write_text("".join(f"photo_{i}\n" for i in range(len(photos))))
-    return ckpt, labels
 
 
 def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Path, Path]) -> None:
@@ -80,7 +39,8 @@ def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Pat
     cfg = read_config(repo / "photos_int8")
     params = get_params(cfg)
     assert cfg.name == "photos_int8" and cfg.platform == "onnxruntime_onnx"
-    assert params["export.precision"] == "int8"
+    assert params["export.precision"] == "int8" and params["export.int8_method"] == "ort-qdq"  # the default
+    assert params["export.format"] == "onnx"
     assert float(params["export.int8_agreement"]) == pytest.approx(agreement, abs=1e-3)
     assert params["source.weights"].startswith("sha256:")
     assert params["export.int8_calibration"] == str(calib_dir)

@@ -29,6 +29,18 @@ def test_config_round_trips_through_the_schema() -> None:
     assert cfg.parameters["source.weights"].string_value == "random"
 
 
+def test_config_with_a_backend_has_no_platform() -> None:
+    """Triton's OpenVINO backend: ``backend: "openvino"``, no platform, default model filename left empty."""
+    spec = ConfigSpec("m_ov", "", (3, 224, 224), 5, 8, (8,), {"export.format": "openvino-ir"}, backend="openvino")
+    text = format_config(build_config(spec))
+    assert "platform" not in text and "default_model_filename" not in text
+    cfg = parse_config(text)
+    assert cfg.backend == "openvino" and cfg.platform == "" and cfg.default_model_filename == ""
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    with pytest.raises(ValueError, match="platform or a backend"):
+        build_config(ConfigSpec("m", "onnxruntime_onnx", (3, 224, 224), 5, 8, (8,), {}, backend="openvino"))
+
+
 def test_default_names() -> None:
     assert default_model_name("resnet50") == "resnet50"
     assert default_model_name("timm:resnetv2_50") == "timm_resnetv2_50"
