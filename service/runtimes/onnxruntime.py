@@ -77,7 +77,9 @@ class OnnxRuntime:
         self.label = _PROVIDER_NAMES.get(active, f"onnxruntime-{active}")
         self._on_gpu = active != "CPUExecutionProvider"
         self.device_kind = "gpu" if self._on_gpu else "cpu"
-        self.precision = spec.params.get("export.precision", "fp32")
+        # the TensorRT EP is asked for FP16 (trt_fp16_enable); otherwise the model file's own precision
+        own = spec.params.get("export.precision", "fp32")
+        self.precision = "fp16" if active == "TensorrtExecutionProvider" else own
         inp = self._session.get_inputs()[0]
         check_input_shape(model_file, list(inp.shape), spec.input_shape)
         self._input = inp.name
