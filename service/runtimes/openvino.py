@@ -128,11 +128,9 @@ class OpenVinoRuntime:
         compute = PRECISIONS.get(_ALIASES.get(used, used), used)
         quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         self.precision = "int8" if quantized else compute
-        logger.info(
-            "loaded %s on openvino-cpu: %s (inference precision %s from %s; %s threads; %d stream(s) for batches "
-            "of %d+)", model_file, self.precision, compute, source,
-            self._compiled.get_property("INFERENCE_NUM_THREADS"), self.streams, 2 * self.streams,
-        )
+        split = f"; batches of {2 * self.streams}+ split across {self.streams} streams" if self.streams > 1 else ""
+        logger.info("loaded %s on openvino-cpu: %s (inference precision %s from %s; %s threads%s)", model_file,
+                    self.precision, compute, source, self._compiled.get_property("INFERENCE_NUM_THREADS"), split)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self._queue is not None and len(batch) >= 2 * self.streams:
