@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench locust venv model clean-venv
+.PHONY: serve test bench locust venv model clean-venv deploy-test deploy-validate
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ serve: model
 	$(PY) -m service --model-repo $(REPO) --default-model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m ruff check service export tests loadtest
+	$(PY) -m ruff check service export tests loadtest deploy
 	$(PY) -m mypy
 	$(PY) -m pytest -ra
 
@@ -44,6 +44,17 @@ bench: $(STAMP)
 # A bounded, realistic locust run against a service already started with `make serve`.
 locust: $(STAMP)
 	$(PY) -m locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s --host http://$(HOST):$(PORT) --only-summary
+
+# Build the images and run the compose stack for real (docker.io, debootstrap and dockerd are set up when
+# missing; needs root): build, up, classify, Prometheus, locust, non-root, drain, down. See the README.
+# DEPLOY_TEST_ARGS=--no-export-image skips the export image (torch: 6.5 GB) and exports on the host instead.
+DEPLOY_TEST_ARGS ?=
+deploy-test: $(STAMP)
+	$(PY) deploy/scripts/deploy_test.py $(DEPLOY_TEST_ARGS)
+
+# Offline checks of the Kubernetes/KServe manifests, compose files, Prometheus and Grafana configs.
+deploy-validate: $(STAMP)
+	$(PY) -m pytest -ra tests/deploy -m 'not docker'
 
 clean-venv:
 	rm -rf $(VENV)
