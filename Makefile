@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench locust venv model clean-venv deploy-test deploy-validate
+.PHONY: serve test bench locust loadtest venv model clean-venv deploy-test deploy-validate
 
 venv: $(STAMP)
 
@@ -44,6 +44,20 @@ bench: $(STAMP)
 # A bounded, realistic locust run against a service already started with `make serve`.
 locust: $(STAMP)
 	$(PY) -m locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s --host http://$(HOST):$(PORT) --only-summary
+
+# Bounded headless locust run against a service already started with `make serve`, gated on SLOs
+# (exit status 1 when one is missed). Report: LOADTEST_OUT/report.html, CSVs, summary.json, latency.png.
+LOADTEST_STAMP := $(shell date +%Y%m%d-%H%M%S)
+LOADTEST_OUT ?= loadtest/results/locust-$(LOADTEST_STAMP)
+LOADTEST_ARGS ?= -u 20 -r 5 -t 60s --invalid-share 0.05
+LOADTEST_SLO ?= --slo-fail-ratio 0.001 --slo-p99-ms 2000
+loadtest: $(STAMP)
+	@mkdir -p $(LOADTEST_OUT)
+	@$(PY) -m locust -f loadtest/locustfile.py --headless --only-summary --host http://$(HOST):$(PORT) \
+	  $(LOADTEST_ARGS) $(LOADTEST_SLO) --csv $(LOADTEST_OUT)/locust --csv-full-history \
+	  --html $(LOADTEST_OUT)/report.html --summary-file $(LOADTEST_OUT)/summary.json; rc=$$?; \
+	$(PY) -m loadtest.plot history $(LOADTEST_OUT)/locust_stats_history.csv -o $(LOADTEST_OUT)/latency.png; \
+	echo "report: $(LOADTEST_OUT)/report.html (exit status $$rc)"; exit $$rc
 
 # Build the images and run the compose stack for real (docker.io, debootstrap and dockerd are set up when
 # missing; needs root): build, up, classify, Prometheus, locust, non-root, drain, down. See the README.

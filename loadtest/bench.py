@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-engine", action="store_true", help="skip the engine limit")
     ap.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for a server to be ready")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    ap.add_argument("--plot", nargs="?", type=Path, const=RESULTS / "latest.json", default=None, metavar="JSON",
+                    help="measure nothing: draw the results JSON (default: loadtest/results/latest.json) as a PNG "
+                    "(throughput vs concurrency, latency vs throughput, engine limits, naive baseline)")
+    ap.add_argument("--plot-out", type=Path, default=None, help="PNG path for --plot (default: the JSON's, .png)")
     return ap.parse_args(argv)
 
 
@@ -220,6 +224,12 @@ def write_results(out: Path, result: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot is not None:
+        from loadtest.plot import bench_png
+
+        png = bench_png(json.loads(args.plot.read_text()), args.plot_out or args.plot.with_suffix(".png"))
+        print(f"plot: {png} ({png.stat().st_size} bytes)")
+        return 0
     find_wrk()  # fail early, with the install hint
     from service.repository import scan_model
 

@@ -1,90 +1,61 @@
-"""Realistic mixed traffic for the service (locust).
+"""Realistic mixed traffic for the service (locust), closed loop.
 
     locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s --host http://127.0.0.1:8000
 
-Three kinds of user, by weight: a client posting one photo at a time with a random ``top_k`` (the
-bulk of the traffic), a client posting multipart batches of 2-4 photos, and a dashboard polling
-``/models`` and ``/health/ready`` now and then. The photos are scikit-image's sample photos as JPEG.
-``LOCUST_MODEL`` picks the model query parameter (default: the service's default model).
-A 503 (load shedding, with Retry-After) counts as a failure in locust's statistics, by design.
+Three kinds of user, by weight: a client posting one photo at a time (small / large JPEG, PNG, WebP;
+``--images DIR`` for your own) with a random ``top_k``, a client posting multipart batches of 2-4
+photos, and a dashboard polling ``/models`` and ``/health/ready``. Each user waits for its answer
+before the next request (closed loop: use it to find saturation). For open-loop arrival at a given
+rate add a shape file: ``-f loadtest/locustfile.py,loadtest/ramp.py`` (warm-up, steady, spike,
+recovery) or ``loadtest/steps.py`` (stepped rates and the capacity answer).
+
+How answers are judged (validated 200s, invalid images with their 4xx, 503 shed as its own series,
+Server-Timing stages) is in ``loadtest/scenarios.py``; the SLO options and the summary line in
+``loadtest/gate.py``; ``locust -f loadtest/locustfile.py --help`` lists every option.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import uuid
 
 from locust import between, task
-from locust.contrib.fasthttp import FastHttpSession, FastHttpUser, ResponseContextManager
+from locust.contrib.fasthttp import FastHttpUser
 
-from loadtest.images import sample_jpegs
-
-IMAGES = list(sample_jpegs().items())
-MODEL = os.environ.get("LOCUST_MODEL")
-
-
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """A ``multipart/form-data`` body with one ``file`` part per image; (body, Content-Type)."""
-    boundary = uuid.uuid4().hex
-    chunks: list[bytes] = []
-    for name, blob in files:
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n".encode()
-        )
-        chunks += [blob, b"\r\n"]
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
-
-
-def post(client: FastHttpSession, body: bytes, ctype: str, top_k: int, name: str) -> ResponseContextManager:
-    """POST /classify; the response context lets ``check_results`` judge the body."""
-    params = {"top_k": str(top_k), **({"model": MODEL} if MODEL else {})}
-    # geventhttpclient sends bytes as they are; locust's hint says str | dict only.
-    return client.post("/classify", data=body, headers={"Content-Type": ctype},  # type: ignore[arg-type]
-                       params=params, name=name, catch_response=True)
-
-
-def check_results(resp: ResponseContextManager, expected: int, top_k: int) -> None:
-    """Mark a 200 whose body has the wrong shape as a failure (locust counts non-2xx by itself)."""
-    if resp.status_code != 200:
-        return
-    try:
-        results = resp.json()["results"]
-        ok = len(results) == expected and all(len(x["predictions"]) == top_k for x in results)
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        resp.failure(f"unexpected body for {expected} image(s), top_k={top_k}")
+from loadtest.scenarios import SCENARIO, classify, learn_models
 
 
 class SingleImageUser(FastHttpUser):
-    """A client classifying one photo per request, as raw ``image/jpeg``."""
+    """A client classifying one photo per request, as a raw body of its own Content-Type."""
 
     weight = 6
     wait_time = between(0.2, 1.5)
 
+    def on_start(self) -> None:
+        learn_models(self.client)
+
     @task
     def classify_one(self) -> None:
-        name, blob = random.choice(IMAGES)
-        top_k = random.randint(1, 10)
-        with post(self.client, blob, "image/jpeg", top_k, "/classify [1 image]") as resp:
-            check_results(resp, 1, top_k)
+        body = SCENARIO.pick()
+        top_k = random.randint(1, SCENARIO.max_top_k)
+        classify(self, [body], top_k, f"/classify [1 image, {body.kind}]")
 
 
 class BatchUser(FastHttpUser):
-    """A client sending 2-4 photos in one multipart request."""
+    """A client sending 2-4 photos in one multipart request (one of them invalid at ``--invalid-share``)."""
 
     weight = 2
     wait_time = between(1.0, 3.0)
 
+    def on_start(self) -> None:
+        learn_models(self.client)
+
     @task
     def classify_batch(self) -> None:
         n = random.randint(2, 4)
-        body, ctype = multipart(random.choices(IMAGES, k=n))
-        with post(self.client, body, ctype, 5, f"/classify [{n} images]") as resp:
-            check_results(resp, n, 5)
+        bodies = [SCENARIO.pick(invalid_ok=i == 0) for i in range(n)]
+        random.shuffle(bodies)
+        invalid = any(b.expect != 200 for b in bodies)
+        classify(self, bodies, 5, f"/classify [{n} images{', invalid' if invalid else ''}]")
 
 
 class MonitorUser(FastHttpUser):
