@@ -16,7 +16,15 @@ from export import bf16, images
 from export.errors import ExportError, UsageError
 from export.models import RANDOM, LoadedModel, default_model_name, load_model
 from export.onnx_export import MIN_OPSET, convert_fp16, export_onnx
-from export.parity import FP32_ATOL, Reference, check_parity, ort_runner, parity_inputs, torch_runner
+from export.parity import (
+    FP32_ATOL,
+    ParityReport,
+    Reference,
+    check_parity,
+    ort_runner,
+    parity_inputs,
+    torch_runner,
+)
 from export.repo_writer import (
     ConfigSpec,
     Staging,
@@ -234,15 +242,21 @@ def _onnx_parity(loaded: LoadedModel, onnx_path: Path, inputs: dict[str, np.ndar
                  name: str) -> float:
     t0 = time.perf_counter()
     report = check_parity(torch_runner(loaded.model), ort_runner(onnx_path), inputs, atol)
-    print(f"ONNX Runtime vs PyTorch ({name}):\n{report.table()}", flush=True)
-    logger.info("parity gate took %.1fs", time.perf_counter() - t0)
+    _require_parity(report, "ONNX Runtime", "PyTorch", name, "parity gate", t0)
+    return report.max_abs_diff
+
+
+def _require_parity(report: ParityReport, candidate: str, reference: str, name: str, gate: str,
+                    t0: float) -> None:
+    """Print the parity table; a failed gate fails the export (the staging area is then discarded)."""
+    print(f"{candidate} vs {reference} ({name}):\n{report.table()}", flush=True)
+    logger.info("%s took %.1fs", gate, time.perf_counter() - t0)
     if not report.passed:
         raise ExportError(
-            f"parity gate failed: ONNX Runtime differs from PyTorch by up to {report.max_abs_diff:.2e} "
-            f"(tolerance {atol:g}, relative {report.rtol:g}) or in the top-5 (see the table above); "
+            f"{gate} failed: {candidate} differs from {reference} by up to {report.max_abs_diff:.2e} "
+            f"(tolerance {report.atol:g}, relative {report.rtol:g}) or in the top-5 (see the table above); "
             "nothing was written"
         )
-    return report.max_abs_diff
 
 
 def _bf16(ctx: _Ctx, model: Path, name: str) -> dict[str, str]:
@@ -265,14 +279,7 @@ def _openvino_ir(ctx: _Ctx, name: str, inputs: dict[str, np.ndarray]) -> None:
     xml = openvino.convert_ir(ctx.ref.fp32, m.version_dir / openvino.IR_FILE)
     t0 = time.perf_counter()
     report = openvino.gate_ir(xml, ctx.ref.runner, inputs, ctx.opts.atol)
-    print(f"OpenVINO (CPU, f32) vs ONNX Runtime ({name}):\n{report.table()}", flush=True)
-    logger.info("OpenVINO IR parity gate took %.1fs", time.perf_counter() - t0)
-    if not report.passed:
-        raise ExportError(
-            f"OpenVINO IR parity gate failed: OpenVINO differs from ONNX Runtime by up to {report.max_abs_diff:.2e} "
-            f"(tolerance {ctx.opts.atol:g}, relative {report.rtol:g}) or in the top-5 (see the table above); "
-            "nothing was written"
-        )
+    _require_parity(report, "OpenVINO (CPU, f32)", "ONNX Runtime", name, "OpenVINO IR parity gate", t0)
     extra = {"export.parity_max_abs_diff": f"{report.max_abs_diff:.3g}", "export.parity_reference": "onnxruntime",
              "export.openvino_version": openvino.version()}
     extra |= _bf16(ctx, xml, name)
