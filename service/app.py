@@ -9,10 +9,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import classify, health, models, v2
@@ -28,7 +33,15 @@ from service.runtimes import require
 
 logger = logging.getLogger(__name__)
 
-_OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/openapi.json")
+_OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/redoc", "/openapi.json", "/static/", "/favicon")
+_STATIC = Path(__file__).parent / "static"
+#: Swagger UI and ReDoc assets shipped by the fastapi-offline package, so /docs works with no CDN
+_DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
+#: the pages fetch from this service only (ReDoc would otherwise load its logo from cdn.redoc.ly)
+_CSP = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'"
+}
 
 
 class RequestContext:
@@ -54,7 +67,8 @@ class RequestContext:
             await send(message)
 
         try:
-            if self.api_key and not scope["path"].startswith(_OPEN_PATHS) and not self._authorized(headers):
+            open_path = scope["path"] == "/" or scope["path"].startswith(_OPEN_PATHS)  # the page asks for the key
+            if self.api_key and not open_path and not self._authorized(headers):
                 msg = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
                 auth = {"WWW-Authenticate": "Bearer"}
                 resp = (
@@ -117,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Image classification with dynamic batching over OpenVINO / ONNX Runtime / TensorRT",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -142,11 +158,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         schema = fastapi_openapi()  # cached by FastAPI after the first call
         schema["paths"].setdefault("/classify", classify.OPENAPI)
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = classify.ERROR_SCHEMA
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(v2.router)
+    _add_pages(app)
     app.add_middleware(RequestContext, settings=settings, metrics=metrics)
     return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The page at / (service/static) and offline /docs and /redoc: no CDN, nothing fetched elsewhere."""
+    app.mount("/static/docs", StaticFiles(directory=_DOCS_STATIC), name="docs-static")
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache", **_CSP})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(_DOCS_STATIC / "favicon.png")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return _with_csp(get_swagger_ui_html(
+            openapi_url="/openapi.json", title="imgserve - Swagger UI",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js", swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon.png",
+        ))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return _with_csp(get_redoc_html(
+            openapi_url="/openapi.json", title="imgserve - ReDoc", redoc_js_url="/static/docs/redoc.standalone.js",
+            redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False,
+        ))
+
+
+def _with_csp(resp: HTMLResponse) -> HTMLResponse:
+    resp.headers.update(_CSP)
+    return resp

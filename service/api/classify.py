@@ -153,9 +153,48 @@ OPENAPI = {
             {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}},
             {"name": "X-Request-Timeout-Ms", "in": "header", "schema": {"type": "number"}},
         ],
-        "responses": {"200": {"description": "predictions per image, in the order sent"}},
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "one or more images, each a part named `file`"}}},
+                },
+                **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(RAW_TYPES)},
+            },
+        },
+        "responses": {
+            "200": {"description": "predictions per image, in the order sent", "content": {"application/json": {
+                "schema": {"type": "object", "required": ["model", "version", "results"], "properties": {
+                    "model": {"type": "string"}, "version": {"type": "string"},
+                    "warning": {"type": "string", "description": "present when the model has random weights"},
+                    "results": {"type": "array", "items": {"type": "object", "properties": {
+                        "filename": {"type": ["string", "null"]},
+                        "predictions": {"type": "array", "items": {"type": "object", "properties": {
+                            "index": {"type": "integer"}, "label": {"type": "string"},
+                            "score": {"type": "number", "description": "softmax probability"}}}}}}}}}}}},
+            **{
+                code: {"description": what, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/ErrorResponse"}}}}
+                for code, what in {
+                    "400": "undecodable, truncated or empty image (the message names the bad part)",
+                    "401": "missing or wrong API key", "404": "unknown model or version",
+                    "413": "body, image pixels or number of images over the limit",
+                    "415": "unsupported Content-Type", "422": "bad query parameter or header",
+                    "503": "model not ready, queue full or deadline cannot be met (Retry-After)",
+                    "504": "deadline passed while queued",
+                }.items()
+            },
+        },
     }
 }
+
+#: the one error shape every route answers with (DESIGN.md §2)
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string", "description": "machine code, e.g. bad_image"},
+                   "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
 
 
 async def _classify(

@@ -43,3 +43,20 @@ def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> N
     assert line["level"] == "INFO" and line["ts"].endswith("Z")
     assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
     configure_logging("text", "INFO")
+
+
+def test_openapi_describes_classify_forms_and_the_error_shape() -> None:
+    from service.app import create_app
+    from service.config import Settings
+
+    schema = create_app(Settings()).openapi()
+    op = schema["paths"]["/classify"]["post"]
+    forms = op["requestBody"]["content"]
+    assert "multipart/form-data" in forms and "image/jpeg" in forms and "application/octet-stream" in forms
+    assert forms["multipart/form-data"]["schema"]["properties"]["file"]["items"]["format"] == "binary"
+    assert "predictions" in str(op["responses"]["200"])
+    for code in ("400", "404", "413", "415", "422", "503", "504"):
+        ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/ErrorResponse"
+    err = schema["components"]["schemas"]["ErrorResponse"]
+    assert err["properties"]["error"]["required"] == ["code", "message"]
