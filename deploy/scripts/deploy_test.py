@@ -160,6 +160,28 @@ def ensure_dockerd() -> subprocess.Popen[bytes] | None:
     return proc
 
 
+#: build cache kept for warm rebuilds; each run retags the images, and without a prune the previous
+#: run's images (6.5 GB for export) and their cache pile up until the disk is full
+KEEP_BUILD_CACHE = "8GB"
+MIN_FREE_GB = 20
+
+
+def prune_leftovers() -> None:
+    """Drop images earlier runs left untagged and build cache beyond KEEP_BUILD_CACHE (bounded disk use)."""
+    with step("12. prune images left dangling by earlier runs, and build cache beyond " + KEEP_BUILD_CACHE):
+        run([docker_bin(), "image", "prune", "-f"], check=False, timeout=300)
+        run([docker_bin(), "builder", "prune", "-f", "--keep-storage", KEEP_BUILD_CACHE], check=False, timeout=300)
+
+
+def check_disk(path: str = "/var/lib") -> None:
+    """Refuse to start building with too little disk: a full disk breaks far more than this test."""
+    free_gb = shutil.disk_usage(path).free / 1e9
+    if free_gb < MIN_FREE_GB:
+        raise SystemExit(f"deploy-test needs {MIN_FREE_GB} GB free under {path} for the images, "
+                         f"{free_gb:.1f} GB is free: free some space (e.g. `docker system prune`) and rerun")
+    print(f"{free_gb:.0f} GB free under {path}", flush=True)
+
+
 def stop_dockerd(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
@@ -345,6 +367,7 @@ def main() -> int:  # noqa: C901 - one linear script
             compose = ensure_tools()
         with step("2. dockerd"):
             dockerd = ensure_dockerd()
+            check_disk()
         with step("3. base image (debootstrap minbase bookworm + docker import, cached)"):
             ensure_base_image()
         sizes = SIZES
@@ -458,6 +481,7 @@ def main() -> int:  # noqa: C901 - one linear script
             with step("11. compose down -v"):
                 stack("--profile", "loadtest", "down", "-v", "--remove-orphans", check=False, timeout=180)
         if not args.keep:
+            prune_leftovers()
             stop_dockerd(dockerd)
         shutil.rmtree(tmp, ignore_errors=True)
         print("\nstep durations:")
