@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export import images
+from export import images, openvino
 from service.repository import get_params, read_config
 from tests.export.helpers import run_cli, snapshot
 
@@ -61,8 +61,13 @@ def _graph_nodes(path: Path) -> list:  # type: ignore[type-arg]
     return list(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+@pytest.mark.parametrize("method", [
+    "ort-qdq",
+    pytest.param("nncf", marks=pytest.mark.skipif(not openvino.available(),
+                                                   reason="openvino is not installed: pip install openvino nncf")),
+])
 def test_int8_gate_refuses_a_badly_calibrated_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photo_classifier: tuple[Path, Path]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photo_classifier: tuple[Path, Path], method: str
 ) -> None:
     """Calibration on wrongly preprocessed images (100x too small) saturates the activations: the
     gate catches the broken INT8 model, the export fails and writes nothing."""
@@ -75,7 +80,7 @@ def test_int8_gate_refuses_a_badly_calibrated_model(
     repo = tmp_path / "repo"
     ckpt, labels = photo_classifier
     run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
-                  "--precision", "int8")
+                  "--precision", "int8", "--int8-method", method, "--no-bf16-gate")
     assert run.rc == 1, run.out
     assert "INT8 gate failed" in run.err and "--min-agreement" in run.err
     assert re.search(r"INT8 top-1 agreement with FP32: [\d.]+%", run.out)
