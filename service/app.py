@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,15 +16,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import classify, health, models, v2
 from service.api.errors import error_response, render_error
 from service.api.responses import JSONResponse
+from service.auth import AccessControl, document_access
 from service.cache import ResultCache
 from service.config import Settings
-from service.errors import ServiceError, Unauthorized
+from service.errors import RateLimited, ServiceError
 from service.logging import request_id
 from service.metrics import Metrics
 from service.models import ModelManager
@@ -33,7 +34,6 @@ from service.runtimes import require
 
 logger = logging.getLogger(__name__)
 
-_OPEN_PATHS = ("/health/", "/v2/health/", "/metrics", "/docs", "/redoc", "/openapi.json", "/static/", "/favicon")
 _STATIC = Path(__file__).parent / "static"
 #: Swagger UI and ReDoc assets shipped by the fastapi-offline package, so /docs works with no CDN
 _DOCS_STATIC = Path(fastapi_offline.__file__).parent / "static"
@@ -45,11 +45,11 @@ _CSP = {
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id (echoed or made), API key, in-flight gauge."""
+    """Pure ASGI middleware: request id (echoed or made), access control (service.auth), in-flight gauge."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, access: AccessControl, metrics: Metrics) -> None:
         self.app = app
-        self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.access = access
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,16 +67,10 @@ class RequestContext:
             await send(message)
 
         try:
-            open_path = scope["path"] == "/" or scope["path"].startswith(_OPEN_PATHS)  # the page asks for the key
-            if self.api_key and not open_path and not self._authorized(headers):
-                msg = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-                auth = {"WWW-Authenticate": "Bearer"}
-                resp = (
-                    JSONResponse({"error": msg}, status_code=401, headers=auth)  # KServe v2 error shape
-                    if scope["path"].startswith("/v2")
-                    else error_response(401, Unauthorized.code, msg, auth)
-                )
-                await resp(scope, receive, send_with_id)
+            client = scope.get("client")
+            refused = await self.access.check(scope["method"], scope["path"], headers, client[0] if client else "-")
+            if refused is not None:
+                await _refusal(scope, refused)(scope, receive, send_with_id)
                 return
             self.metrics.inflight.inc()
             try:
@@ -86,18 +80,20 @@ class RequestContext:
         finally:
             request_id.reset(token)
 
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
-        assert self.api_key is not None
-        given = headers.get(b"x-api-key", b"")
-        auth = headers.get(b"authorization", b"")
-        if auth.lower().startswith(b"bearer "):
-            given = auth[7:].strip()
-        return hmac.compare_digest(given, self.api_key)
+
+def _refusal(scope: Scope, exc: ServiceError) -> JSONResponse:
+    """401/403/429 before routing, in the KServe v2 error shape under /v2, else the service's."""
+    level = logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO
+    logger.log(level, "%s %s -> %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
+    if scope["path"].startswith("/v2"):
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
+    access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -115,10 +111,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info("startup complete: %s", "ready" if not state.manager.not_ready() else
                         f"not ready ({state.manager.not_ready()})")
 
+        logger.info("access control: %s", access.describe())
+        undo_sighup = access.keys.install_sighup()
         loader = asyncio.get_running_loop().create_task(load())
         try:
             yield
         finally:
+            if undo_sighup is not None:
+                undo_sighup()
             state.draining = True
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.access = access
     app.state.cache = ResultCache(settings.cache_size)
     app.state.started = False
     app.state.draining = False
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schema = fastapi_openapi()  # cached by FastAPI after the first call
         schema["paths"].setdefault("/classify", classify.OPENAPI)
         schema.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = classify.ERROR_SCHEMA
+        document_access(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -166,7 +168,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(v2.router)
     _add_pages(app)
-    app.add_middleware(RequestContext, settings=settings, metrics=metrics)
+    app.add_middleware(RequestContext, access=access, metrics=metrics)
+    if settings.cors_origins:  # outermost: preflights need no key, and 401/429 answers carry the CORS headers
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms"],
+            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"],
+        )
     return app
 
 

@@ -6,6 +6,8 @@ Messages say what went wrong and how to fix it.
 
 from __future__ import annotations
 
+import math
+
 
 class ServiceError(Exception):
     status: int = 500
@@ -29,6 +31,12 @@ class BadImage(ServiceError):
 
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """403: a valid key without the role the route needs (a serving key on an admin route)."""
+
+    status, code = 403, "forbidden"
 
 
 class ModelNotFound(ServiceError):
@@ -59,6 +67,15 @@ class QueueFull(ServiceError):
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class RateLimited(ServiceError):
+    """429: the key (or client address) is over its token-bucket rate limit."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 class DeadlineExceeded(ServiceError):
