@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 
 logger = logging.getLogger(__name__)
 
+#: prometheus_client's own switch (read by the library itself when ``prometheus_client.values`` is first
+#: imported, so it cannot be a Settings field): a directory shared by the worker processes of
+#: ``--processes N``. Set, each process writes its samples to mmap files there and /metrics merges them.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiproc_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """The parent calls this when worker ``pid`` has exited: its live-mode gauges (queue depth, in-flight
+    requests, model readiness) stop counting. Its counters and histograms stay in the merge, so totals
+    never go backwards when a worker is replaced. A no-op outside multi-process mode."""
+    path = multiproc_dir()
+    if path is not None:
+        multiprocess.mark_process_dead(pid, path)
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -35,11 +56,23 @@ class Metrics:
         self.batch_size = Histogram(
             "inference_batch_size", "Images per executed batch", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("inference_queue_depth", "Images waiting in the queue", ["model"], registry=r)
-        self.inflight = Gauge("inference_inflight_requests", "Requests being served", registry=r)
+        # multiprocess_mode only matters under PROMETHEUS_MULTIPROC_DIR (how the workers' values merge).
+        # Queue depth and in-flight requests add up across workers ("livesum": an exited worker's last
+        # value is dropped by mark_process_dead, not summed forever).
+        self.queue_depth = Gauge(
+            "inference_queue_depth", "Images waiting in the queue", ["model"], registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.inflight = Gauge(
+            "inference_inflight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        # Readiness is "livemin": 1 only when every live worker that has loaded this version still serves it
+        # (SO_REUSEPORT spreads requests over all workers, so one worker's 0 means some requests miss).
+        # Not "max": non-live files are never removed, so a crashed worker's 1 would stay forever. Not
+        # "liveall": it adds a pid label, one series per worker, and §4's label set would change.
         self.model_ready = Gauge(
             "inference_model_ready", "1 when the model version is loaded and warmed up",
-            ["model", "version", "runtime"], registry=r,
+            ["model", "version", "runtime"], registry=r, multiprocess_mode="livemin",
         )
         self.cache = Counter(
             "inference_cache_requests", "Result cache lookups", ["model", "result"], registry=r
@@ -49,10 +82,32 @@ class Metrics:
             ["model", "reason"], registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        gpu = _GpuCollector.create()
-        if gpu is not None:
-            r.register(gpu)
+        self.multiproc_dir = multiproc_dir()
+        if self.multiproc_dir is not None and values.ValueClass is values.MutexValue:
+            # prometheus_client was imported before the variable was set (the choice is made at import):
+            # this process counts in memory only and its samples are missing from every worker's /metrics.
+            logger.error(
+                "%s is set but prometheus_client was imported before it was: this process's metrics are not "
+                "shared (set it before the worker process starts, i.e. spawn workers, do not fork)", MULTIPROC_ENV,
+            )
+        # GPUs are per host, not per worker: collected live by whichever process renders, never merged.
+        self.gpu = _GpuCollector.create()
+        if self.gpu is not None:
+            r.register(self.gpu)
 
+
+    def render(self, accept_header: str | None = None) -> tuple[bytes, str]:
+        """The /metrics body and its content type (OpenMetrics when the scraper asks for it). Under
+        PROMETHEUS_MULTIPROC_DIR the samples of every worker, merged from the shared directory, on a fresh
+        registry (this process's own registry would show its samples alone), plus this host's GPUs once."""
+        encoder, content_type = choose_encoder(accept_header or "")
+        if self.multiproc_dir is None:
+            return encoder(self.registry), content_type
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, self.multiproc_dir)
+        if self.gpu is not None:
+            registry.register(self.gpu)
+        return encoder(registry), content_type
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: labels() costs a lock and a dict build per call on the
@@ -78,11 +133,14 @@ class Metrics:
 
 
 class _GpuCollector:
-    """gpu_utilization_ratio / gpu_memory_*_bytes through NVML, only where a GPU is present."""
+    """gpu_utilization_ratio / gpu_memory_*_bytes through NVML (the ``nvidia-ml-py`` package, imported as
+    ``pynvml``), only where a GPU is present. A GPU that NVML cannot read during a scrape (lost, reset,
+    driver error) loses its samples for that scrape; /metrics itself never fails for it."""
 
-    def __init__(self, nvml: Any) -> None:
+    def __init__(self, nvml: Any, count: int) -> None:
         self.nvml = nvml
-        self.count = nvml.nvmlDeviceGetCount()
+        self.count = count
+        self._warned: set[int] = set()
 
     @classmethod
     def create(cls) -> _GpuCollector | None:
@@ -90,23 +148,41 @@ class _GpuCollector:
             import pynvml
 
             pynvml.nvmlInit()
-            if pynvml.nvmlDeviceGetCount() == 0:
-                return None
-            return cls(pynvml)
-        except Exception:  # noqa: BLE001 - no NVML, no GPU: no GPU metrics
+            count = int(pynvml.nvmlDeviceGetCount())
+        except Exception as e:  # noqa: BLE001 - no NVML library, no driver, no GPU: no GPU metrics
+            logger.debug("no GPU metrics: %s", e)
             return None
+        return cls(pynvml, count) if count > 0 else None
 
-    def collect(self) -> Any:
+    def _read(self, i: int) -> tuple[float, float, float] | None:
+        try:
+            h = self.nvml.nvmlDeviceGetHandleByIndex(i)
+            u = self.nvml.nvmlDeviceGetUtilizationRates(h)
+            m = self.nvml.nvmlDeviceGetMemoryInfo(h)
+            sample = (u.gpu / 100.0, float(m.used), float(m.total))
+        except Exception as e:  # noqa: BLE001 - NVMLError and its subclasses, or whatever a broken driver raises
+            if i not in self._warned:  # once per GPU, not once per scrape
+                self._warned.add(i)
+                logger.warning("GPU %d: NVML read failed, its gpu_* metrics are left out: %s: %s",
+                               i, type(e).__name__, e)
+            else:
+                logger.debug("GPU %d: NVML read failed: %s", i, e)
+            return None
+        if i in self._warned:
+            self._warned.discard(i)
+            logger.info("GPU %d: NVML readable again", i)
+        return sample
+
+    def collect(self) -> Iterator[Metric]:
         util = GaugeMetricFamily("gpu_utilization_ratio", "GPU utilisation (0..1)", labels=["gpu"])
         used = GaugeMetricFamily("gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
         for i in range(self.count):
-            h = self.nvml.nvmlDeviceGetHandleByIndex(i)
-            u = self.nvml.nvmlDeviceGetUtilizationRates(h)
-            m = self.nvml.nvmlDeviceGetMemoryInfo(h)
-            util.add_metric([str(i)], u.gpu / 100.0)
-            used.add_metric([str(i)], float(m.used))
-            total.add_metric([str(i)], float(m.total))
+            sample = self._read(i)
+            if sample is None:
+                continue
+            for family, value in zip((util, used, total), sample, strict=True):
+                family.add_metric([str(i)], value)
         yield util
         yield used
         yield total

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.responses import JSONResponse
 
@@ -45,5 +44,6 @@ async def metrics(request: Request) -> Response:
     m = request.app.state.metrics
     for name in manager.names():
         for inst in manager.instances(name):
-            m.queue_depth.labels(name).set(inst.batcher.queue_depth)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+            m.child(m.queue_depth, name).set(inst.batcher.queue_depth)
+    body, content_type = m.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
