@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -56,6 +56,9 @@ class ConfigSpec:
     params: dict[str, str]
     gpu: bool = False
     backend: str = ""  # e.g. openvino: Triton picks the model by backend (the platform stays empty)
+    #: TensorRT plans per GPU kind: compute capability ("9.0") -> file in the version folder (Triton's field)
+    cc_model_filenames: dict[str, str] = field(default_factory=dict)
+    default_model_filename: str = ""
 
 
 def build_config(spec: ConfigSpec) -> _ModelConfig:
@@ -68,6 +71,10 @@ def build_config(spec: ConfigSpec) -> _ModelConfig:
     else:
         cfg.platform = spec.platform
     cfg.max_batch_size = spec.max_batch_size
+    if spec.default_model_filename:
+        cfg.default_model_filename = spec.default_model_filename
+    for cc, fname in sorted(spec.cc_model_filenames.items()):
+        cfg.cc_model_filenames[cc] = fname
     inp = cfg.input.add()
     inp.name = "input"
     inp.data_type = mc.TYPE_FP32

@@ -1,4 +1,9 @@
-"""TensorRT plans (platform ``tensorrt_plan``) with PyTorch CUDA tensors as device buffers.
+"""TensorRT plans (platform ``tensorrt_plan``) and ONNX models through the managed engine cache
+(``engine_cache``), with PyTorch CUDA tensors as device buffers.
+
+A ``tensorrt_plan`` model's plan is chosen by ``cc_model_filenames`` when the config has one (Triton's
+per-GPU-kind map). An ONNX model is served from a plan in its version's ``.engines/`` cache, built on
+first use (``build_cached_engine``).
 
 UNTESTED here: this project's machines have no GPU and TensorRT cannot be installed on the lent GPU
 machine, so this path has not run. It uses the TensorRT 10 name-based tensor API.
@@ -7,14 +12,85 @@ machine, so this path has not run. It uses the TensorRT 10 name-based tensor API
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.errors import RepositoryError
 from service.runtimes.base import DeviceKind, LoadSpec, warmup_sizes
+from service.runtimes.engine_cache import (
+    PRECISION_PARAM,
+    engine_dir,
+    engine_key,
+    engine_precision,
+    get_or_build,
+    plan_for_gpu,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def _require(model_file: Path, device: str) -> tuple[Any, Any]:
+    """``(tensorrt, torch)``, or a RepositoryError saying what is missing (no GPU, no package)."""
+    if device == "cpu":
+        raise RepositoryError("a TensorRT engine needs a GPU; --device cpu serves the ONNX model instead")
+    try:
+        import tensorrt as trt
+        import torch
+    except ImportError as e:
+        raise RepositoryError(
+            f"TensorRT for {model_file} needs the tensorrt and torch packages (pip install '.[gpu]'): {e}"
+        ) from e
+    if not torch.cuda.is_available():
+        raise RepositoryError(f"TensorRT for {model_file} needs a CUDA GPU and none is visible")
+    return trt, torch
+
+
+def _compute_capability(torch: Any) -> str:
+    return "{}.{}".format(*torch.cuda.get_device_capability())
+
+
+def _config_of(model_file: Path) -> Any:
+    from service.repository import read_config
+
+    return read_config(model_file.parent.parent)
+
+
+def build_cached_engine(spec: LoadSpec, max_batch: int | None = None) -> Path:
+    """The plan for ``spec.model_file`` (an ONNX model) on this GPU, from its version's engine cache.
+
+    Built on first use (minutes; once per key even with several starters sharing the volume) with
+    the profile 1 / max/2 / max, ``max_batch`` defaulting to the config's ``max_batch_size``, at the
+    precision pinned by the operator, else the config's ``tensorrt.precision``, else fp16.
+    """
+    trt, torch = _require(spec.model_file, spec.device)
+    shape = spec.input_shape
+    if max_batch is None or len(shape) != 3:
+        cfg = _config_of(spec.model_file)
+        max_batch = max_batch or cfg.max_batch_size or 1
+        shape = shape if len(shape) == 3 else tuple(int(d) for d in cfg.input[0].dims)
+    if len(shape) != 3:
+        raise RepositoryError(f"{spec.model_file}: a TensorRT engine needs input dims [3, H, W], got {list(shape)}")
+    key = engine_key(_compute_capability(torch), str(trt.__version__), spec.params, max_batch, shape,
+                     spec.precision)
+    if key.precision == "int8":
+        raise RepositoryError(
+            f"{PRECISION_PARAM}=int8 needs calibration images, which the service does not have: build an INT8 "
+            "plan with `python -m export --trt --precision int8`, or use fp16"
+        )
+    timing = engine_dir(spec.model_file.parent) / f"{key.stem}.timing"
+
+    def build(onnx_path: Path, out: Path) -> None:
+        from export.errors import ExportError
+        from export.tensorrt import build_engine
+
+        try:
+            build_engine(onnx_path, out, key.precision, (shape[0], shape[1], shape[2]), key.profile, timing)
+        except ExportError as e:
+            raise RepositoryError(f"building a TensorRT engine from {onnx_path} failed: {e}") from e
+
+    return get_or_build(spec.model_file, key, build, logger)
 
 
 class TensorRTRuntime:
@@ -32,37 +108,20 @@ class TensorRTRuntime:
         self._output = "logits"
 
     def load(self, spec: LoadSpec) -> None:
-        model_file, device = spec.model_file, spec.device
-        if device == "cpu":
-            raise RepositoryError("a TensorRT plan needs a GPU; --device cpu serves the ONNX model instead")
-        try:
-            import tensorrt as trt
-            import torch
-        except ImportError as e:
-            raise RepositoryError(
-                f"TensorRT plan {model_file} needs the tensorrt and torch packages (pip install '.[gpu]'): {e}"
-            ) from e
-        if not torch.cuda.is_available():
-            raise RepositoryError(f"TensorRT plan {model_file} needs a CUDA GPU and none is visible")
-        params = spec.params
-        self.precision = params.get("export.precision", "fp16")
-        built_cc = params.get("tensorrt.compute_capability")
-        here = "{}.{}".format(*torch.cuda.get_device_capability())
-        if built_cc and built_cc != here:
-            raise RepositoryError(
-                f"plan {model_file} was built for compute capability {built_cc}, this GPU is {here}: rebuild it "
-                "with `python -m export --trt` on this GPU kind (the ONNX model is served meanwhile)"
-            )
-        built_trt = params.get("tensorrt.version")
-        if built_trt and built_trt != trt.__version__:
-            raise RepositoryError(
-                f"plan {model_file} was built with TensorRT {built_trt}, this is {trt.__version__}: rebuild it"
-            )
+        """A ``tensorrt_plan`` (the plan for this GPU), or an ONNX model through the managed engine cache."""
+        trt, torch = _require(spec.model_file, spec.device)
+        here = _compute_capability(torch)
+        if spec.model_file.suffix == ".onnx":  # the file's format, not the model's name
+            plan = build_cached_engine(spec)
+            self.precision = engine_precision(spec.params, spec.precision)
+        else:
+            plan = plan_for_gpu(spec.model_file, spec.params, here, str(trt.__version__))
+            self.precision = spec.params.get("export.precision", "fp16")
         self._torch = torch
         trt_logger = trt.Logger(trt.Logger.WARNING)
-        engine = trt.Runtime(trt_logger).deserialize_cuda_engine(model_file.read_bytes())
+        engine = trt.Runtime(trt_logger).deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
-            raise RepositoryError(f"TensorRT could not deserialize {model_file}")
+            raise RepositoryError(f"TensorRT could not deserialize {plan}")
         self._engine = engine
         self._context = engine.create_execution_context()
         self._stream = torch.cuda.Stream()
@@ -70,7 +129,7 @@ class TensorRTRuntime:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._input, self._output = inputs[0], outputs[0]
-        logger.info("loaded TensorRT plan %s (TensorRT %s, cc %s)", model_file, trt.__version__, here)
+        logger.info("loaded TensorRT plan %s (TensorRT %s, cc %s)", plan, trt.__version__, here)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -41,15 +41,17 @@ def test_trt_plan_is_built_gated_and_described(tmp_path: Path, precision: str) -
     assert run.rc == 0, run.err
     assert re.search(rf"TensorRT {precision} top-1 agreement with ONNX: [\d.]+%", run.out)
     model_dir = repo / "resnet18_trt"
-    assert (model_dir / "1" / "model.plan").stat().st_size > 0
+    major, minor = torch.cuda.get_device_capability()
+    plan = f"model.sm{major}{minor}.plan"
+    assert (model_dir / "1" / plan).stat().st_size > 0
     assert (model_dir / "timing.cache").is_file()
     if precision == "int8":
         assert (model_dir / "1" / "calibration.cache").is_file()
     cfg = read_config(model_dir)
     assert cfg.platform == "tensorrt_plan"
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert dict(cfg.cc_model_filenames) == {f"{major}.{minor}": plan}
     params = get_params(cfg)
-    major, minor = torch.cuda.get_device_capability()
     assert params["tensorrt.compute_capability"] == f"{major}.{minor}"
     assert params["tensorrt.version"].startswith("10.")
     assert params["export.precision"] == precision
