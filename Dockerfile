@@ -1,6 +1,7 @@
 # imgserve images. Targets:
 #   cpu     the serving image: FastAPI + OpenVINO + ONNX Runtime (CPU); no torch, no compilers, no caches
-#   gpu     the same service on a CUDA base image: onnxruntime-gpu, TensorRT, NVML (untested here)
+#   gpu     the same service on a CUDA base image: onnxruntime-gpu, TensorRT, PyTorch + nvJPEG decode, NVML
+#           (the image itself is unbuilt here; its PyTorch path ran on an H200: README, "GPU")
 #   export  torch + torchvision + the exporter, for filling a model repository
 # Base images are build arguments:
 #   docker build --target cpu    -t imgserve:cpu    .
@@ -100,7 +101,7 @@ COPY pyproject.toml constraints.txt ./
 COPY service service
 COPY export export
 COPY loadtest loadtest
-# onnxruntime-gpu replaces the CPU onnxruntime (the same module); TensorRT and NVML from '.[gpu]'
+# onnxruntime-gpu replaces the CPU onnxruntime (the same module); TensorRT, torch(vision) and NVML from '.[gpu]'
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && python3 -m venv /opt/venv && . /opt/venv/bin/activate \

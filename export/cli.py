@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.errors import ExportError
-from export.models import ARCHS, list_archs
+from export.models import ARCHS, default_model_name, list_archs
 from export.onnx_export import MIN_OPSET
 from export.pipeline import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions, run_export
 from export.repo_writer import DEFAULT_PREFERRED
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simplify with onnxslim (default on)")
     p.add_argument("--fp16", action="store_true", help="also write an FP16 model NAME_fp16")
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="openvino: also write NAME_ov, an OpenVINO IR (backend openvino), gated against ONNX Runtime")
+                   help="openvino: also write NAME_ov, an OpenVINO IR (backend openvino), gated against ONNX Runtime; "
+                   "pytorch: also write NAME_pt, TorchScript (platform pytorch_libtorch), gated against eager PyTorch")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: also write NAME_int8 (see --int8-method); with --trt: engine precision")
     p.add_argument("--int8-method", choices=INT8_METHODS, default=None,
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check that OpenVINO may run the FP32 model in BF16 (its default on CPUs with BF16), "
                    "pinning it to f32 in its config if not (default: on when openvino is installed)")
     p.add_argument("--trt", action="store_true", help="also build a TensorRT plan NAME_trt (needs a GPU)")
+    p.add_argument("--trt-cache", action="store_true",
+                   help="export nothing; build this GPU's TensorRT engine into the engine cache of the exported "
+                   "model NAME (--repo, --name or --arch, --version: latest), the engine the service would build "
+                   "on first start; if NAME_trt has that version, also add the plan to it for this GPU kind")
     p.add_argument("--transform-input", action=argparse.BooleanOptionalAction, default=None,
                    help="inception_v3/googlenet: torchvision's transform_input (default: on for ImageNet tags)")
     p.add_argument("--fallback-random", action="store_true",
@@ -76,11 +81,19 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Expor
     )
 
 
+def _cache_name(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if args.repo is None or (args.name is None and args.arch is None):
+        parser.error("--trt-cache needs --repo and --name (or --arch)")
+    return str(args.name or default_model_name(args.arch))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if not args.list:
+        if args.trt_cache:
+            cache_name = _cache_name(args, parser)
+        elif not args.list:
             opts = _options(args, parser)
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
@@ -91,7 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             list_archs()
             return 0
-        result = run_export(opts)
+        if args.trt_cache:
+            from export.tensorrt import build_cache
+
+            written = build_cache(args.repo, cache_name, args.version, args.min_agreement)
+        else:
+            written = run_export(opts).written
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -101,6 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    for path in result.written:
+    for path in written:
         print(f"wrote {path}")
     return 0

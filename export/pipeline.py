@@ -38,7 +38,7 @@ from export.repo_writer import (
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "pytorch")
 # ort-qdq: ONNX Runtime QDQ ONNX (served by ONNX Runtime or OpenVINO); nncf: NNCF-quantized OpenVINO IR.
 # OpenVINO runs both equally fast (resnet50, 2-core Zen 5 with AVX-512 VNNI, 2 threads: 202 vs 204 img/s at
 # batch 1, 221 vs 220 at batch 8), so the default is the QDQ ONNX model, which both runtimes can serve.
@@ -46,7 +46,8 @@ INT8_METHODS = ("ort-qdq", "nncf")
 DEFAULT_INT8_METHOD = "ort-qdq"
 MIN_AGREEMENT = {"int8": 0.98, "fp16": 0.99}
 PARITY_PHOTOS = 4  # real photos in the parity batch
-FORMAT_PARAM = {"onnxruntime_onnx": "onnx", "tensorrt_plan": "tensorrt-plan", "openvino": "openvino-ir"}
+FORMAT_PARAM = {"onnxruntime_onnx": "onnx", "tensorrt_plan": "tensorrt-plan", "openvino": "openvino-ir",
+                "pytorch_libtorch": "torchscript"}
 ConfigFn = Callable[..., ConfigSpec]
 
 
@@ -70,7 +71,7 @@ class ExportOptions:
     min_agreement: float | None = None
     transform_input: bool | None = None
     atol: float = FP32_ATOL
-    format: str = "onnx"  # onnx | openvino (also NAME_ov, an OpenVINO IR)
+    format: str = "onnx"  # onnx | openvino (also NAME_ov, an OpenVINO IR) | pytorch (also NAME_pt, TorchScript)
     int8_method: str | None = None  # None: DEFAULT_INT8_METHOD
     bf16_gate: bool | None = None  # None: on when OpenVINO is installed
 
@@ -157,6 +158,8 @@ def target_names(name: str, opts: ExportOptions) -> dict[str, str]:
     names = {"fp32": name}
     if opts.format == "openvino":
         names["ov"] = f"{name}_ov"
+    if opts.format == "pytorch":
+        names["pt"] = f"{name}_pt"
     if opts.trt:
         names["trt"] = f"{name}_trt"
     elif opts.precision == "int8":
@@ -225,6 +228,8 @@ def run_export(opts: ExportOptions) -> ExportResult:
 
         if "ov" in names:
             _openvino_ir(ctx, names["ov"], inputs)
+        if "pt" in names:
+            _torchscript(ctx, names["pt"], names["fp32"], inputs)
         if "int8" in names:
             result.agreements["int8"] = _int8(ctx, names["int8"])
         if "fp16" in names:
@@ -284,6 +289,21 @@ def _openvino_ir(ctx: _Ctx, name: str, inputs: dict[str, np.ndarray]) -> None:
              "export.openvino_version": openvino.version()}
     extra |= _bf16(ctx, xml, name)
     m.write(build_config(ctx.config(name, "fp32", extra, backend="openvino")), ctx.loaded.labels)
+
+
+def _torchscript(ctx: _Ctx, name: str, base: str, inputs: dict[str, np.ndarray]) -> None:
+    """``NAME_pt``: the model traced to TorchScript, gated against the eager model like the ONNX one."""
+    from export import torchscript
+
+    m = ctx.st.model(name, ctx.version)
+    path = torchscript.trace(ctx.loaded.model, m.version_dir / torchscript.TS_FILE,
+                             (3, ctx.loaded.preprocess.crop, ctx.loaded.preprocess.crop))
+    t0 = time.perf_counter()
+    report = check_parity(torch_runner(ctx.loaded.model), torchscript.ts_runner(path), inputs, ctx.opts.atol)
+    _require_parity(report, "TorchScript", "PyTorch", name, "TorchScript parity gate", t0)
+    extra = {"export.parity_max_abs_diff": f"{report.max_abs_diff:.3g}", "export.parity_reference": "pytorch",
+             "serve.variant_of": base}
+    m.write(build_config(ctx.config(name, "fp32", extra, platform="pytorch_libtorch")), ctx.loaded.labels)
 
 
 def gate_threshold(opts: ExportOptions, precision: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from types import FrameType
 
@@ -41,14 +42,29 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = parse_settings(argv)
+    if settings.processes > 1:
+        from service.workers import supervise
+
+        configure_logging(settings.log_format, settings.log_level)
+        logger.info("serving on %s:%d with %d worker processes", settings.host, settings.port, settings.processes)
+        raise SystemExit(supervise(settings.processes, argv))
+    serve(settings)
+
+
+def parse_settings(argv: list[str]) -> Settings:
     try:
-        settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+        return Settings(_cli_parse_args=argv)
     except ValidationError as e:
         for err in e.errors():
             where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
             print(f"error: {where}: {err['msg']} (env IMGSERVE_{'_'.join(map(str, err['loc'])).upper()})",
                   file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     try:
         app = create_app(settings)
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = _Server(config)
     server.shutdown_delay_s = settings.shutdown_delay_s
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Dynamic batcher: one asyncio task owns a bounded queue of images and feeds one runtime.
+"""Dynamic batcher: one asyncio task owns a bounded queue of images and feeds a pool of runtime instances.
 
 A batch closes when it holds ``max_batch_size`` images, reaches a preferred size, or its oldest
 image has waited ``max_queue_delay``; with ``dispatch_when_idle`` (CPU runtimes, whose cost grows
@@ -7,6 +7,12 @@ While the runtime is busy the next batch keeps growing (it is topped up from the
 the runtime frees), so under load batches fill by themselves with no polling. Requests whose caller
 went away or whose deadline passed are dropped before they reach the runtime. A failing batch
 fails only its own members and the loop keeps going.
+
+The batcher knows nothing of runtimes, tensors or HTTP: an *instance* is a step function
+``list[payload] -> StepResult`` (the model's collate -> core steps, run on that instance's own
+thread), and a payload is whatever the model's pre step produced (a normalised numpy image, or JPEG
+bytes a GPU decodes in the batch). With several instances (Triton's ``instance_group.count``) a
+batch goes to whichever is idle, so a GPU overlaps batches on separate CUDA streams.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +43,31 @@ class BatchStats:
     queue_s: list[float]
 
 
+@dataclass
+class StepResult:
+    """What one instance returns for a batch: one row per item that did not fail, in order, and the
+    items that failed on their own (a JPEG no decoder could read): those fail alone, never the batch."""
+
+    rows: np.ndarray
+    failed: dict[int, Exception] = field(default_factory=dict)
+
+
+#: one runtime instance: a batch of payloads -> its rows (called on that instance's own thread)
+Step = Callable[[list[Any]], StepResult]
+
+
+def stacked(infer: Callable[[np.ndarray], np.ndarray]) -> Step:
+    """The step for payloads that are already model inputs: stack them and infer."""
+
+    def step(items: list[Any]) -> StepResult:
+        return StepResult(infer(np.stack(items)))
+
+    return step
+
+
 @dataclass(eq=False)
 class _Item:
-    tensor: np.ndarray
+    payload: Any
     future: asyncio.Future[tuple[np.ndarray, float, float]]
     enqueued: float
     deadline: float | None
@@ -63,38 +92,47 @@ class _CostModel:
 
     def observe(self, size: int, seconds: float) -> None:
         per_image = seconds / size
+        if self.samples:  # one outlier moves the estimate at most 4x; a lasting slowdown still shows in a few
+            per_image = min(per_image, 4 * self.per_image)
         alpha = 0.2 if self.samples else 1.0
         self.per_image += alpha * (per_image - self.per_image)
         self.samples += 1
 
-    def predict(self, images_ahead: int, n: int, max_batch: int) -> float:
+    def predict(self, images_ahead: int, n: int, max_batch: int, instances: int = 1) -> float:
         if not self.samples:
             return 0.0
-        # Images ahead run first (in batches), then ours; plus one batch in flight on average.
-        return (images_ahead + n + max_batch / 2) * self.per_image
+        # Images ahead run first (in batches, spread over the instances), then ours; plus one batch
+        # in flight on average.
+        return (images_ahead + n + max_batch / 2) * self.per_image / instances
 
 
 class Batcher:
     def __init__(
         self,
         name: str,
-        infer: Callable[[np.ndarray], np.ndarray],
+        instances: Step | Sequence[Step],
         config: BatcherConfig,
         on_batch: Callable[[BatchStats], None] | None = None,
         admission_control: bool = True,
     ) -> None:
         self.name = name
-        self._infer = infer
+        self._steps: list[Step] = [instances] if callable(instances) else list(instances)
+        if not self._steps:
+            raise ValueError("a batcher needs at least one instance")
         self.config = config
         self._on_batch = on_batch
         self._admission = admission_control
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
+        # Idle instances (indices into _steps); _idle is set while at least one is free.
+        self._free: deque[int] = deque(range(len(self._steps)))
         self._idle = asyncio.Event()
         self._idle.set()
         self._pending_images = 0
         self._reserved = 0  # admitted images still being decoded, not yet queued
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        # One thread per instance: a runtime instance is never entered by two threads at once.
+        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}-{i}")
+                           for i in range(len(self._steps))]
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -115,11 +153,16 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._executor.shutdown(wait=True)
+        for ex in self._executors:
+            ex.shutdown(wait=True)
 
     @property
     def queue_depth(self) -> int:
         return self._pending_images
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._steps)
 
     # -- submission ------------------------------------------------------------------------
     def admit(self, n: int, deadline: float | None) -> None:
@@ -134,15 +177,17 @@ class Batcher:
         cfg = self.config
         ahead = self._pending_images + self._reserved
         if ahead + n > cfg.max_queue_size:
-            retry = max(1.0, self.cost.predict(ahead, 0, cfg.max_batch_size))
+            retry = max(1.0, self.cost.predict(ahead, 0, cfg.max_batch_size, len(self._steps)))
             raise QueueFull(
                 f"model {self.name!r} queue is full ({ahead} images waiting, limit {cfg.max_queue_size}); "
                 "retry after the Retry-After delay",
                 retry_after_s=retry,
             )
-        if self._admission and deadline is not None:
+        # With nothing ahead the request runs at once whatever the estimate says: its batch refreshes
+        # the estimate, so one slow batch (a decoder's first call, a GC pause) cannot lock a model out.
+        if self._admission and deadline is not None and ahead > 0:
             now = time.monotonic()
-            eta = self.cost.predict(ahead, n, cfg.max_batch_size)
+            eta = self.cost.predict(ahead, n, cfg.max_batch_size, len(self._steps))
             if now + eta > deadline:
                 raise QueueFull(
                     f"model {self.name!r} cannot finish this request before its deadline "
@@ -159,20 +204,20 @@ class Batcher:
             self._wakeup.set()
 
     def submit(
-        self, tensors: list[np.ndarray], deadline: float | None, admitted: bool = False
+        self, payloads: list[Any], deadline: float | None, admitted: bool = False
     ) -> list[asyncio.Future]:
         """Enqueue one request's images; returns one future per image (logits row, queue_s, compute_s).
 
         Without ``admitted`` this runs ``admit`` first (503 when full or the deadline is hopeless).
         """
-        n = len(tensors)
+        n = len(payloads)
         if not admitted:
             self.admit(n, deadline)
         self._reserved -= n
         now = time.monotonic()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future] = []
-        for t in tensors:
+        for t in payloads:
             fut: asyncio.Future[tuple[np.ndarray, float, float]] = loop.create_future()
             futures.append(fut)
             self._queue.append(_Item(t, fut, now, deadline))
@@ -181,13 +226,24 @@ class Batcher:
         return futures
 
     async def run(
-        self, tensors: list[np.ndarray], deadline: float | None, admitted: bool = False
+        self, payloads: list[Any], deadline: float | None, admitted: bool = False
     ) -> list[tuple[np.ndarray, float, float]]:
-        """Submit and wait for every image; 504 when the deadline passes first. Leftovers are cancelled."""
-        futures = self.submit(tensors, deadline, admitted)
+        """Submit and wait for every image; 504 when the deadline passes first. Leftovers are cancelled.
+        An image that failed alone (StepResult.failed) raises its own error (the first one)."""
+        out = await self.run_each(payloads, deadline, admitted)
+        for r in out:
+            if isinstance(r, BaseException):
+                raise r
+        return out  # type: ignore[return-value]
+
+    async def run_each(
+        self, payloads: list[Any], deadline: float | None, admitted: bool = False
+    ) -> list[tuple[np.ndarray, float, float] | BaseException]:
+        """Like ``run``, but an image that failed alone gives its error in its place."""
+        futures = self.submit(payloads, deadline, admitted)
         try:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
+            return list(await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout))
         except TimeoutError as e:
             raise DeadlineExceeded(
                 f"request deadline passed while queued for model {self.name!r}; the service is overloaded "
@@ -248,34 +304,35 @@ class Batcher:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-            # Wait for the runtime; whatever arrives meanwhile joins this batch.
+            # Wait for an idle instance; whatever arrives meanwhile joins this batch.
             await self._idle.wait()
             while len(batch) < cfg.max_batch_size:
                 nxt = self._pop_live()
                 if nxt is None:
                     break
                 batch.append(nxt)
-            self._idle.clear()
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            index = self._free.popleft()
+            if not self._free:
+                self._idle.clear()
+            task = asyncio.get_running_loop().create_task(self._run(index, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def _stack_and_infer(self, tensors: list[np.ndarray]) -> np.ndarray:
-        return self._infer(np.stack(tensors))
-
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, index: int, batch: list[_Item]) -> None:
         try:
-            # A caller may have gone away, or a deadline passed, while we waited for the runtime.
+            # A caller may have gone away, or a deadline passed, while we waited for an instance.
             batch = [it for it in batch if self._live(it)]
             if not batch:
                 return
             started = time.monotonic()
             loop = asyncio.get_running_loop()
             try:
-                # Stacking copies every image: done on the inference thread, never on the event loop.
-                out = await loop.run_in_executor(self._executor, self._stack_and_infer, [it.tensor for it in batch])
-                if out.shape[0] != len(batch):
-                    raise RuntimeError(f"runtime returned {out.shape[0]} rows for a batch of {len(batch)}")
+                # Collating (np.stack, GPU decode) copies every image: on the instance's thread, never the loop.
+                res = await loop.run_in_executor(self._executors[index], self._steps[index],
+                                                 [it.payload for it in batch])
+                expected = len(batch) - len(res.failed)
+                if res.rows.shape[0] != expected:
+                    raise RuntimeError(f"runtime returned {res.rows.shape[0]} rows for a batch of {expected}")
             except Exception as e:  # noqa: BLE001 - a failed batch fails its members, never the loop
                 logger.exception("batch of %d failed on model %s", len(batch), self.name)
                 err = InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}")
@@ -286,11 +343,18 @@ class Batcher:
             compute = time.monotonic() - started
             self.cost.observe(len(batch), compute)
             queue_s = [started - it.enqueued for it in batch]
+            row = 0
             for i, it in enumerate(batch):
-                if not it.future.done():
-                    it.future.set_result((out[i], queue_s[i], compute))
+                failed = res.failed.get(i)
+                if failed is None:
+                    if not it.future.done():
+                        it.future.set_result((res.rows[row], queue_s[i], compute))
+                    row += 1
+                elif not it.future.done():
+                    it.future.set_exception(failed)
             if self._on_batch:
                 self._on_batch(BatchStats(len(batch), compute, queue_s))
         finally:
+            self._free.append(index)
             self._idle.set()
             self._wakeup.set()

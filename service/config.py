@@ -26,15 +26,28 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="HTTP port")
     runtime: str = Field(
         "auto",
-        description="runtime: auto (the best available per model and device: TensorRT > ONNX Runtime on a GPU, "
-        "OpenVINO > ONNX Runtime on a CPU) or a registered one (onnxruntime, openvino, tensorrt)",
+        description="runtime: auto (the best available per model and device: TensorRT > ONNX Runtime > PyTorch on a "
+        "GPU, OpenVINO > ONNX Runtime > PyTorch on a CPU) or a registered one (onnxruntime, openvino, tensorrt, "
+        "pytorch)",
     )
     inference_precision: Literal["auto", "f32", "bf16", "f16"] = Field(
         "auto",
-        description="OpenVINO inference precision (auto: the model's config.pbtxt pin, else OpenVINO's default "
-        "for this CPU, BF16 where the CPU has it)",
+        description="inference precision of OpenVINO and PyTorch (auto: the model's config.pbtxt pin, else the "
+        "runtime's default: OpenVINO's for this CPU, BF16 where the CPU has it; PyTorch FP16 on a GPU, FP32 on a CPU)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to run models")
+    instances: int | None = Field(
+        None, ge=1, description="runtime instances per model version behind its one batcher (default: "
+        "config.pbtxt instance_group count, else 1); a GPU overlaps their batches on separate CUDA streams",
+    )
+    gpu_decode: Literal["auto", "on", "off"] = Field(
+        "auto", description="decode JPEGs with nvJPEG and preprocess on the GPU (auto: when a CUDA runtime that "
+        "takes device tensors serves the model; on: also with a CPU torch runtime, decoding with torchvision)",
+    )
+    processes: int = Field(
+        1, ge=1, description="HTTP worker processes sharing the port (SO_REUSEPORT), each with its own model "
+        "instances and batcher: one Python process parses a few thousand requests per second",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(40_000_000, description="largest image (width*height) accepted (413 above)")
     max_images_per_request: int = Field(64, description="most images in one multipart request (413 above)")
@@ -53,6 +66,28 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None, description="when set, requests need 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="key for model load/unload (serving keys get 403 there; without any admin key, "
+        "--api-key may administer)"
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="more keys, comma-separated 'name:key' or 'name:key:admin' (role serve by default)"
+    )
+    api_keys_file: Path | None = Field(
+        None, description="keys file, one 'name:key[:serve|admin]' a line, '#' comments; re-read on SIGHUP "
+        "and when it changes (checked at most once a second)"
+    )
+    rate_limit_rps: float = Field(
+        0.0, ge=0, description="requests/s per API key (per client IP without keys), token bucket; "
+        "429 + Retry-After above (0: off)"
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="requests a key may send at once above the rate (default: the rate, at least 1)"
+    )
+    cors_origins: list[str] = Field(
+        [], description="browser origins allowed to call the API (repeat the flag or comma-separate; env: a "
+        "JSON list); default: none, no CORS headers"
     )
     log_format: Literal["json", "text"] = Field("text", description="log line format (json in containers)")
     log_level: str = Field("INFO", description="logging level")

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from service.batching import Batcher, BatcherConfig, BatchStats
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, RepositoryError, ServiceError
 from service.metrics import Metrics
-from service.preprocess import Normalizer
+from service.pipeline import Pipeline, build_pipeline
 from service.repository import FALLBACK_PARAM, ModelEntry, Preprocess, check_model_name, read_config, scan_model
-from service.runtimes import LoadSpec, Runtime, load_runtime
+from service.routing import Served, routes
+from service.runtimes import Choice, LoadSpec, Runtime, load_runtime
+from service.runtimes.registry import registered
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +32,21 @@ class ModelInstance:
     name: str
     version: int
     entry: ModelEntry
-    runtime: Runtime
+    #: the instance group: runtime instances fed by the one batcher (all the same runtime and device)
+    runtimes: list[Runtime]
     batcher: Batcher
+    pipeline: Pipeline
     labels: list[str]
     preprocess: Preprocess
-    normalizer: Normalizer
     input_shape: tuple[int, ...]
     default_timeout_s: float
     weights: str
     runtime_reason: str = ""
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.runtimes[0]
 
     @property
     def runtime_tag(self) -> str:
@@ -57,6 +64,8 @@ class ModelInstance:
             "precision": self.runtime.precision,
             "device": self.runtime.device_kind,
             "runtime_choice": self.runtime_reason,
+            "instances": len(self.runtimes),
+            "decode": self.pipeline.kind,
             "state": "ready",
             "input": {"name": "input", "shape": list(self.input_shape)},
             "num_classes": len(self.labels),
@@ -106,6 +115,8 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         #: a model that cannot load here -> the model named by its FALLBACK_PARAM (a TensorRT plan -> its ONNX)
         self.fallbacks: dict[str, str] = {}
+        #: --runtime auto: a model name -> (the variant on a better runtime that serves it, why)
+        self.routes: dict[str, tuple[str, str]] = {}
         # Loading/warming a model is long blocking work: its own thread, never the event loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
 
@@ -114,6 +125,8 @@ class ModelManager:
         return sorted(set(self.states) | set(self._instances))
 
     def get(self, name: str, version: str | None = None) -> ModelInstance:
+        if name in self.routes and not version:
+            name = self.routes[name][0]
         versions = self._instances.get(name)
         if not versions and name in self.fallbacks:
             return self.get(self.fallbacks[name], version)
@@ -172,9 +185,8 @@ class ModelManager:
         spec = LoadSpec(model_file=model_file, params=params, device=s.device, threads=s.intra_op_threads,
                         input_shape=input_shape,
                         precision=None if s.inference_precision == "auto" else s.inference_precision)
-        runtime, choice = load_runtime(entry.platform, spec, s.runtime, s.device)
-        logger.info("model %s v%d: runtime %s, %s (%s)", entry.name, version, runtime.label, runtime.precision,
-                    choice.reason)
+        runtimes, choice = self._load_instances(entry, version, spec)
+        runtime = runtimes[0]
         max_bs = s.max_batch_size or cfg.max_batch_size or 1
         dyn = cfg.dynamic_batching
         qp = dyn.default_queue_policy
@@ -192,9 +204,10 @@ class ModelManager:
         )
         if s.warmup:
             t0 = time.monotonic()
-            runtime.warmup(list(range(1, max_bs + 1)), input_shape)
-            logger.info("warmed up %s v%d at batch sizes 1..%d in %.1f s", entry.name, version, max_bs,
-                        time.monotonic() - t0)
+            for rt in runtimes:
+                rt.warmup(list(range(1, max_bs + 1)), input_shape)
+            logger.info("warmed up %s v%d (%d instance%s) at batch sizes 1..%d in %.1f s", entry.name, version,
+                        len(runtimes), "s" if len(runtimes) > 1 else "", max_bs, time.monotonic() - t0)
         labels = entry.labels()
         out_dims = list(cfg.output[0].dims) if cfg.output else []
         n_classes = int(out_dims[-1]) if out_dims else (len(labels) if labels else 0)
@@ -216,13 +229,39 @@ class ModelManager:
             for q in stats.queue_s:
                 metrics.child(metrics.queue_duration, name).observe(q)
 
-        batcher = Batcher(name, runtime.infer, bcfg, on_batch, admission_control=s.admission_control)
+        pipeline = build_pipeline(runtimes, pp, s.max_image_pixels, s.gpu_decode)
+        if s.warmup:
+            pipeline.warmup()
+        logger.info("model %s v%d: %s", name, version,
+                    f"JPEGs decoded and preprocessed on {runtime.device_kind} in the batch (torchvision "
+                    f"decode_jpeg{', nvJPEG' if runtime.device_kind == 'gpu' else ''}), other formats by Pillow"
+                    if pipeline.kind == "gpu-jpeg" else "images decoded and preprocessed by Pillow")
+        batcher = Batcher(name, pipeline.steps, bcfg, on_batch, admission_control=s.admission_control)
         return ModelInstance(
-            name=name, version=version, entry=entry, runtime=runtime, batcher=batcher, labels=labels,
-            preprocess=pp, normalizer=Normalizer(pp), input_shape=input_shape,
+            name=name, version=version, entry=entry, runtimes=runtimes, batcher=batcher, pipeline=pipeline,
+            labels=labels, preprocess=pp, input_shape=input_shape,
             default_timeout_s=timeout, weights="random" if weights == "random" else weights,
             runtime_reason=choice.reason,
         )
+
+    def _load_instances(self, entry: ModelEntry, version: int, spec: LoadSpec) -> tuple[list[Runtime], Choice]:
+        """The version's instance group: ``--instances``, else config.pbtxt's instance_group count (Triton's
+        meaning: that many runtime instances behind one batcher); CPU instances split the threads."""
+        s = self.settings
+        count = s.instances or sum(g.count for g in entry.config.instance_group) or 1
+        runtime, choice = load_runtime(entry.platform, spec, s.runtime, s.device)
+        runtimes = [runtime]
+        if count > 1 and runtime.device_kind == "cpu" and not spec.threads:
+            # one instance already holds every core; reload all with an even share
+            runtime.close()
+            share = max(1, (os.cpu_count() or 1) // count)
+            spec = dataclasses.replace(spec, threads=share)
+            runtimes = [load_runtime(entry.platform, spec, s.runtime, s.device)[0]]
+        while len(runtimes) < count:
+            runtimes.append(load_runtime(entry.platform, spec, s.runtime, s.device)[0])
+        logger.info("model %s v%d: runtime %s, %s, %d instance%s (%s)", entry.name, version, runtime.label,
+                    runtime.precision, count, "s" if count > 1 else "", choice.reason)
+        return runtimes, choice
 
     async def load(self, name: str) -> list[ModelInstance]:
         """(Re)load a model; the old instances keep serving until the new ones are warm."""
@@ -253,8 +292,24 @@ class ModelManager:
                 self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(1)
             logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
                         new[0].runtime_tag if new else "-")
+            self._reroute()
         await self._retire(old.values())
         return new
+
+    def _reroute(self) -> None:
+        """Recompute which names a better-placed variant serves (--runtime auto only)."""
+        if self.settings.runtime != "auto":
+            return
+        loaded = {
+            name: Served(inst.runtime.name, "cuda" if inst.runtime.device_kind == "gpu" else "cpu", inst.entry.params)
+            for name, versions in self._instances.items() if versions
+            for inst in [versions[max(versions)]]
+        }
+        new = routes(loaded, {n: i.ranks for n, i in registered().items()})
+        for base, (variant, why) in new.items():
+            if self.routes.get(base, ("",))[0] != variant:
+                logger.info("model %s is served by %s: %s", base, variant, why)
+        self.routes = new
 
     def _fail(self, name: str, reason: str) -> None:
         if name in self._instances:  # a failed reload keeps the old instances serving
@@ -291,13 +346,15 @@ class ModelManager:
             self.states[name] = "unloaded"
             for inst in old.values():
                 self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(0)
+            self._reroute()
         await self._retire(old.values())
         logger.info("model %s unloaded", name)
 
     async def _retire(self, instances: object) -> None:
         for inst in list(instances):  # type: ignore[call-overload]
             await inst.batcher.drain_and_stop()
-            inst.runtime.close()
+            for rt in inst.runtimes:
+                rt.close()
 
     async def load_all(self) -> None:
         for name in self.configured_names():
@@ -321,15 +378,3 @@ class ModelManager:
         if not self.states:
             raise ModelNotFound("no model is served: export one into the repository and load it")
         return min(self.states)
-
-
-def topk(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
-    idx = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(probs.shape[0])
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
-    return [(int(i), float(probs[i])) for i in idx]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max()
-    e = np.exp(z)
-    return e / e.sum()

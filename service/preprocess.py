@@ -85,6 +85,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise BadImage(
             "cannot identify the image format: send a JPEG, PNG, WebP, BMP or GIF file"
         ) from e
+    except (OSError, SyntaxError, ValueError) as e:  # a header Pillow recognises but cannot read
+        raise BadImage(f"cannot read the image header (truncated or corrupt?): {e}") from e
     w, h = img.size
     if w * h > max_pixels:
         raise PayloadTooLarge(
@@ -151,6 +153,18 @@ def decode(data: bytes, pp: Preprocess, max_pixels: int) -> Image.Image:
     return img.transpose(_TRANSPOSE[orientation]) if orientation != 1 else img
 
 
+def resize_geometry(w: int, h: int, pp: Preprocess) -> tuple[int, int, int, int]:
+    """torchvision's Resize(shorter)+CenterCrop of a ``w`` x ``h`` image: the resized width and
+    height, and the crop's left and top in the resized image."""
+    size = pp.resize_shorter
+    # torchvision: the shorter side becomes `size`, the longer int(size * long / short).
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    return nw, nh, int(round((nw - pp.crop) / 2.0)), int(round((nh - pp.crop) / 2.0))
+
+
 def crop_box(w: int, h: int, pp: Preprocess, scale: float = 1.0) -> Box:
     """The region of a ``w`` x ``h`` image that Resize(shorter)+CenterCrop(crop) keeps.
 
@@ -159,14 +173,7 @@ def crop_box(w: int, h: int, pp: Preprocess, scale: float = 1.0) -> Box:
     torchvision computes it on the full image, not from the reduced one (up to half an output pixel
     of shift and a 0.048 mean error on a 2255x1500 photo otherwise).
     """
-    size = pp.resize_shorter
-    # torchvision: the shorter side becomes `size`, the longer int(size * long / short).
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    top = int(round((nh - pp.crop) / 2.0))
-    left = int(round((nw - pp.crop) / 2.0))
+    nw, nh, left, top = resize_geometry(w, h, pp)
     sx, sy = w / nw * scale, h / nh * scale
     return (left * sx, top * sy, (left + pp.crop) * sx, (top + pp.crop) * sy)
 

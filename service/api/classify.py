@@ -6,7 +6,6 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,8 +21,8 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.models import ModelInstance, ModelManager, softmax, topk
-from service.preprocess import preprocess
+from service.models import ModelInstance, ModelManager
+from service.pipeline import post
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
 
@@ -182,6 +181,7 @@ OPENAPI = {
                     "401": "missing or wrong API key", "404": "unknown model or version",
                     "413": "body, image pixels or number of images over the limit",
                     "415": "unsupported Content-Type", "422": "bad query parameter or header",
+                    "429": "over the API key's (or client's) rate limit (Retry-After)",
                     "503": "model not ready, queue full or deadline cannot be met (Retry-After)",
                     "504": "deadline passed while queued",
                 }.items()
@@ -195,6 +195,18 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string", "description": "machine code, e.g. bad_image"},
                    "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
+
+
+def _image_error(err: BaseException, i: int, upload: Upload) -> BaseException:
+    """A per-image failure, named by the image's index (and file name) in the request."""
+    if isinstance(err, ServiceError):
+        if isinstance(err, (BadImage, PayloadTooLarge)):
+            where = f"image {i}" + (f" ({upload.filename})" if upload.filename else "")
+            err.message = f"{where}: {err.message}"
+        return err
+    if isinstance(err, Exception):
+        return BadImage(f"image {i} could not be processed: {type(err).__name__}: {err}")
+    return err
 
 
 async def _classify(
@@ -221,35 +233,32 @@ async def _classify(
     queue_s = compute_s = 0.0
     try:
         t_pre = time.monotonic()
-        max_pixels = state.settings.max_image_pixels
-        pp, norm = inst.preprocess, inst.normalizer
-        jobs = [loop.run_in_executor(state.pool, preprocess, uploads[i].data, pp, max_pixels, norm) for i in todo]
+        pre = inst.pipeline.pre
+        jobs = [loop.run_in_executor(state.pool, pre, uploads[i].data) for i in todo]
         outcome = await asyncio.gather(*jobs, return_exceptions=True)
         for i, res in zip(todo, outcome, strict=True):
-            if isinstance(res, ServiceError):
-                where = f"image {i}" + (f" ({uploads[i].filename})" if uploads[i].filename else "")
-                res.message = f"{where}: {res.message}"
-                raise res
             if isinstance(res, BaseException):
-                raise BadImage(f"image {i} could not be processed: {type(res).__name__}: {res}")
-        tensors = [r for r in outcome if isinstance(r, np.ndarray)]
+                raise _image_error(res, i, uploads[i])
         preprocess_s = time.monotonic() - t_pre
         metrics.child(metrics.preprocess_duration, inst.name).observe(preprocess_s)
-        if tensors:
+        if outcome:
             submitted = True
-            rows = await inst.batcher.run(tensors, deadline, admitted=True)
+            answers = await inst.batcher.run_each(list(outcome), deadline, admitted=True)
     finally:
         if todo and not submitted:
             inst.batcher.release(len(todo))
     if todo:
         metrics.child(metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
-        for i, (logits, q, c) in zip(todo, rows, strict=True):
-            probs = softmax(logits)
-            preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in topk(probs, top_k)]
+        for i, res in zip(todo, answers, strict=True):
+            if isinstance(res, BaseException):  # decoding on the device failed for this image alone
+                raise _image_error(res, i, uploads[i])
+        rows = [res[0] for res in answers]  # type: ignore[index]
+        for i, preds_k, res in zip(todo, post(rows, top_k), answers, strict=True):
+            preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in preds_k]
             results[i] = preds
             if cache.enabled:
                 cache.put(keys[i], preds)
-            queue_s, compute_s = max(queue_s, q), max(compute_s, c)
+            queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])  # type: ignore[index]
     metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(uploads))
 
     body = {

@@ -22,6 +22,8 @@ def _describe(manager: ModelManager, name: str) -> dict[str, object]:
     latest = instances[-1].describe()
     latest["state"] = state
     latest["versions"] = [str(i.version) for i in instances]
+    if name in manager.routes:  # --runtime auto: a variant on a better runtime serves this name
+        latest["served_by"], latest["route"] = manager.routes[name]
     return latest
 
 

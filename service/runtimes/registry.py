@@ -198,8 +198,9 @@ def _ort_cuda(device: str) -> str | None:
 
 
 register(RuntimeInfo(
-    name="tensorrt", serves=("tensorrt_plan",), ranks={"cuda": 0}, target="service.runtimes.tensorrt:TensorRTRuntime",
-    probe=needs("tensorrt", "pip install '.[gpu]'", gpu=True), why="a plan built for this GPU",
+    name="tensorrt", serves=("tensorrt_plan", "onnxruntime_onnx"), ranks={"cuda": 0},
+    target="service.runtimes.tensorrt:TensorRTRuntime", probe=needs("tensorrt", "pip install '.[gpu]'", gpu=True),
+    why="a plan built for this GPU (for an ONNX model: built once into its version's .engines/ cache)",
 ))
 register(RuntimeInfo(
     name="openvino", serves=("onnxruntime_onnx", "openvino"), ranks={"cpu": 0},
@@ -210,4 +211,9 @@ register(RuntimeInfo(
     name="onnxruntime", serves=("onnxruntime_onnx",), ranks={"cuda": 1, "cpu": 1},
     target="service.runtimes.onnxruntime:OnnxRuntime",
     probe=lambda device: _ort_cuda(device) if has_module("onnxruntime") else "onnxruntime is not installed",
+))
+register(RuntimeInfo(
+    name="pytorch", serves=("pytorch_libtorch",), ranks={"cuda": 2, "cpu": 2},
+    target="service.runtimes.pytorch:PyTorchRuntime", probe=needs("torch", "pip install torch", gpu=True),
+    why="TorchScript, FP16 channels_last with CUDA graphs on a GPU",
 ))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatcherConfig, BatchStats
+from service.batching import Batcher, BatcherConfig, BatchStats, StepResult, stacked
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
 
 
@@ -38,7 +38,7 @@ def tensor(v: float) -> np.ndarray:
 
 async def run_batcher(rt: FakeRuntime, **cfg: object) -> Batcher:
     stats: list[BatchStats] = []
-    b = Batcher("fake", rt.infer, BatcherConfig(**cfg), stats.append)  # type: ignore[arg-type]
+    b = Batcher("fake", stacked(rt.infer), BatcherConfig(**cfg), stats.append)  # type: ignore[arg-type]
     b.start()
     return b
 
@@ -134,7 +134,7 @@ async def test_failing_batch_fails_only_its_members_and_loop_survives() -> None:
 
 
 async def test_wrong_row_count_is_an_error_not_a_misattribution() -> None:
-    b = Batcher("fake", lambda x: x[:1], BatcherConfig(max_batch_size=4, max_queue_delay_s=0.02))
+    b = Batcher("fake", stacked(lambda x: x[:1]), BatcherConfig(max_batch_size=4, max_queue_delay_s=0.02))
     b.start()
     futs = b.submit([tensor(1), tensor(2)], None)
     results = await asyncio.gather(*futs, return_exceptions=True)
@@ -215,3 +215,66 @@ async def test_admission_reserves_room_before_decoding_and_drain_waits_for_it() 
     b.release(1)
     await asyncio.gather(*futs)
     await asyncio.wait_for(drained, 2)
+
+
+async def test_instances_run_batches_at_the_same_time() -> None:
+    """Two instances behind one batcher: while one computes, the next batch starts on the other."""
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def instance(items: list[np.ndarray]) -> StepResult:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return StepResult(np.stack(items))
+
+    b = Batcher("pool", [instance, instance], BatcherConfig(max_batch_size=2, max_queue_delay_s=0.0,
+                                                              dispatch_when_idle=True))
+    b.start()
+    assert b.instance_count == 2
+    t0 = time.monotonic()
+    rows = await b.run([tensor(i) for i in range(4)], None)
+    elapsed = time.monotonic() - t0
+    assert [float(r[0][0]) for r in rows] == [0, 1, 2, 3]
+    assert peak[0] == 2
+    assert elapsed < 0.09, f"4 images in batches of 2 on 2 instances took {elapsed:.3f} s (serial: 0.1 s)"
+    await b.drain_and_stop()
+
+
+async def test_an_item_that_fails_alone_fails_only_its_caller() -> None:
+    """A step may fail single items (a JPEG no decoder reads): their callers get that error, the rest rows."""
+    from service.errors import BadImage
+
+    def instance(items: list[np.ndarray]) -> StepResult:
+        bad = {i: BadImage("corrupt") for i, it in enumerate(items) if float(it[0]) < 0}
+        return StepResult(np.stack([it for i, it in enumerate(items) if i not in bad]), bad)
+
+    b = Batcher("one-bad", instance, BatcherConfig(max_batch_size=8, max_queue_delay_s=0.02))
+    b.start()
+    good, bad, good2 = (b.submit([tensor(v)], None)[0] for v in (1.0, -1.0, 2.0))
+    results = await asyncio.gather(good, bad, good2, return_exceptions=True)
+    assert float(results[0][0][0]) == 1.0 and float(results[2][0][0]) == 2.0  # type: ignore[index]
+    assert isinstance(results[1], BadImage)
+    each = await b.run_each([tensor(3.0), tensor(-3.0)], None)
+    assert float(each[0][0][0]) == 3.0 and isinstance(each[1], BadImage)  # type: ignore[index]
+    with pytest.raises(BadImage):
+        await b.run([tensor(4.0), tensor(-4.0)], None)
+    await b.drain_and_stop()
+
+
+async def test_an_inflated_cost_estimate_cannot_lock_a_model_out() -> None:
+    """A first batch that took seconds (a decoder's lazy start) must not make admission refuse forever:
+    with nothing ahead a request runs anyway, and its fast batch brings the estimate back down."""
+    rt = FakeRuntime()
+    b = await run_batcher(rt, max_batch_size=4, max_queue_delay_s=0.0, dispatch_when_idle=True)
+    b.cost.observe(1, 100.0)  # 100 s per image
+    rows = await b.run([tensor(1)], time.monotonic() + 1.0)  # would be refused on the estimate alone
+    assert float(rows[0][0][0]) == 1.0
+    for _ in range(60):  # each fast batch takes a fifth off the excess
+        await b.run([tensor(2)], time.monotonic() + 1.0)
+    assert b.cost.per_image < 0.01
+    b.cost.observe(1, 100.0)  # one more outlier moves it at most 4x
+    assert b.cost.per_image < 0.04
+    await b.drain_and_stop()

@@ -28,7 +28,7 @@ def test_bad_flag_value_is_a_clear_usage_error(capsys: pytest.CaptureFixture[str
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--runtime" in err and "'cobol'" in err and "IMGSERVE_RUNTIME" in err
-    assert "use auto or one of onnxruntime, openvino, tensorrt" in err
+    assert "use auto or one of onnxruntime, openvino, pytorch, tensorrt" in err
 
 
 def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,92 @@
+"""A served model's three steps: pre -> core -> post.
+
+* **pre** (request bytes -> payload) runs on the decode pool, per image; a bad image fails there,
+  alone. On the CPU it decodes and preprocesses to a float32 ``(3, H, W)`` array; for a CUDA model
+  with GPU decode it only checks a JPEG's header and hands the bytes on (``service.gpu_decode``).
+* **core** (payloads -> logits) is one step per runtime instance, run by the batcher on that
+  instance's thread: collate the batch (``np.stack``, or decode the JPEGs on the GPU into device
+  memory) and infer.
+* **post** (logits -> top-k probabilities) runs per request.
+
+The batcher sees only payloads and steps (``service.batching.Step``); the route sees only pre and
+post. Nothing here imports torch: the GPU pipeline lives in ``service.gpu_decode`` and is built only
+for a CUDA runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from service.batching import Step, stacked
+from service.preprocess import Normalizer, preprocess
+from service.repository import Preprocess
+from service.runtimes import Runtime
+
+logger = logging.getLogger(__name__)
+
+#: ``--gpu-decode``: auto = on for a runtime that takes device tensors on a GPU
+GPU_DECODE_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class Pipeline:
+    #: "cpu" (Pillow decode, numpy batches) or "gpu-jpeg" (nvJPEG decode into device memory)
+    kind: str
+    pre: Callable[[bytes], Any]
+    steps: list[Step]
+    #: run once at load, after the runtimes' own warm-up (a device decoder's first call is slow)
+    warmup: Callable[[], None] = lambda: None
+
+
+def takes_tensors(runtime: Runtime) -> bool:
+    """Whether the runtime can take a batch already in (device) memory as a torch tensor."""
+    return callable(getattr(runtime, "infer_tensor", None)) and getattr(runtime, "torch_device", None) is not None
+
+
+def wants_gpu_decode(mode: str, runtimes: list[Runtime]) -> bool:
+    """``on`` forces the device-side pipeline (on a CPU runtime too: torchvision decodes there, which
+    is how CI exercises it); ``auto`` uses it for a CUDA runtime that takes tensors."""
+    if mode == "off" or not runtimes or not all(takes_tensors(r) for r in runtimes):
+        return False
+    return mode == "on" or all(r.device_kind == "gpu" for r in runtimes)
+
+
+def build_pipeline(runtimes: list[Runtime], pp: Preprocess, max_pixels: int, gpu_decode: str = "auto") -> Pipeline:
+    normalizer = Normalizer(pp)
+    cpu_pre = partial(preprocess, pp=pp, max_pixels=max_pixels, normalizer=normalizer)
+    if wants_gpu_decode(gpu_decode, runtimes):
+        from service.gpu_decode import JpegDecoder, device_step, warm_decoder
+
+        decoder = JpegDecoder(pp, max_pixels, cpu_pre)
+        steps = [device_step(decoder, rt) for rt in runtimes]
+        return Pipeline("gpu-jpeg", decoder.pre, steps, partial(warm_decoder, decoder, steps))
+    return Pipeline("cpu", cpu_pre, [stacked(rt.infer) for rt in runtimes])
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: the row max is subtracted first)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` best classes of one row of probabilities, best first (ties keep index order)."""
+    idx = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(probs.shape[0])
+    idx = idx[np.argsort(-probs[idx], kind="stable")]
+    return [(int(i), float(probs[i])) for i in idx]
+
+
+def post(rows: list[np.ndarray], k: int) -> list[list[tuple[int, float]]]:
+    """Logit rows of one request -> each row's top-k (class index, softmax probability)."""
+    if not rows:
+        return []
+    probs = softmax_rows(np.stack(rows))
+    return [top_k(p, k) for p in probs]
