@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench locust loadtest venv model clean-venv deploy-test deploy-validate
+.PHONY: serve test bench locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -72,3 +72,18 @@ deploy-validate: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The GPU check (README, "GPU"): wheels, Debian's wrk and the photo corpus into .gpucheck/, then the
+# measurement: here when this machine has a GPU, else the printed command runs on a lent GPU machine
+# (the device tool, carrying .gpucheck). GPU_CHECK_OUT gets gpu_check.json/.md/.log.
+GPU_CHECK_OUT ?= loadtest/results/gpu-check-$(LOADTEST_STAMP)
+gpu-check: $(STAMP)
+	$(PY) -m loadtest.gpu_prepare
+	@if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(PY) -m loadtest.gpu_check run --prep .gpucheck --out $(GPU_CHECK_OUT); \
+	else echo "no GPU here: run the command above on a GPU machine"; fi
+
+# Everything the GPU check does, on this CPU with a small model (tests/loadtest runs it too).
+gpu-check-dry: $(STAMP)
+	$(PY) -m loadtest.gpu_prepare
+	$(PY) -m loadtest.gpu_check run --dry-run --prep .gpucheck --out $(GPU_CHECK_OUT)

@@ -53,14 +53,16 @@ class LoadPoint:
 
 
 def run_wrk(url: str, body: Path, concurrency: int, seconds: float, server_pid: int,
-            timeout_s: float = 30.0) -> LoadPoint:
-    """``wrk -t1 -cN -dDs --latency`` posting ``body``; CPU times of wrk (wait4 rusage) and the server."""
+            timeout_s: float = 30.0, threads: int = 1, bodies: list[Path] | None = None) -> LoadPoint:
+    """``wrk -tT -cN -dDs --latency`` posting ``body`` (or each of ``bodies`` in turn); CPU times of wrk
+    (wait4 rusage) and the server."""
     wrk = find_wrk()
-    argv = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s:g}s",
+    argv = [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={timeout_s:g}s",
             "--latency", "-s", str(LUA), url, "--", str(body), "image/jpeg"]
+    env = {**os.environ, "WRK_BODY_FILES": ":".join(map(str, bodies or []))}
     with tempfile.TemporaryFile() as out:
         srv0, busy0 = proc_cpu_s(server_pid), machine_busy_s()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         # wait4 gives the rusage of exactly this child (not of every child reaped so far).
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -1,6 +1,6 @@
 -- wrk script: POST one image file as a raw body, then print one parseable JSON line.
 --   wrk -t1 -c8 -d15s --latency -s loadtest/wrk_post.lua 'http://127.0.0.1:8000/classify' -- coffee.jpg [image/jpeg]
--- The file may also be given as the WRK_BODY_FILE environment variable.
+-- The file may also be given as the WRK_BODY_FILE environment variable, or several as WRK_BODY_FILES.
 -- done() prints: WRK_JSON {"requests":..,"duration_us":..,"p50_us":..,"p99_us":..,"errors":{..}}
 
 local function read_file(path)
@@ -10,12 +10,30 @@ local function read_file(path)
   return data
 end
 
+-- WRK_BODY_FILES (paths separated by ':') instead: each request posts the next of them in turn.
+local bodies, next_body = {}, 0
+
 function init(args)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = args[2] or "image/jpeg"
+  local many = os.getenv("WRK_BODY_FILES")
+  if many and many ~= "" then
+    for path in string.gmatch(many, "[^:]+") do
+      bodies[#bodies + 1] = wrk.format("POST", nil, nil, read_file(path))
+    end
+    return
+  end
   local path = args[1] or os.getenv("WRK_BODY_FILE")
   assert(path, "give the image file after '--' or as WRK_BODY_FILE")
-  wrk.method = "POST"
   wrk.body = read_file(path)
-  wrk.headers["Content-Type"] = args[2] or "image/jpeg"
+end
+
+function request()
+  if #bodies == 0 then
+    return wrk.format()
+  end
+  next_body = next_body % #bodies + 1
+  return bodies[next_body]
 end
 
 function done(summary, latency, requests)
