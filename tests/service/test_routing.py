@@ -109,3 +109,32 @@ def test_forcing_a_device_or_runtime_is_obeyed(machine: dict[str, bool]) -> None
     assert choose(ONNX, "onnxruntime", "cpu").info.name == "onnxruntime"
     with pytest.raises(RepositoryError, match="does not serve"):
         choose(PT, "openvino", "auto")
+
+
+def test_the_manager_serves_a_name_through_its_route(machine: dict[str, bool]) -> None:
+    """ModelManager.get: a routed name reaches the variant; an explicit version or the variant's own name
+    does not move; /models's route reason comes from the same table."""
+    from types import SimpleNamespace
+
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.models import ModelManager
+
+    def inst(runtime: str, device_kind: str, params: dict[str, str]) -> SimpleNamespace:
+        rt = SimpleNamespace(name=runtime, device_kind=device_kind)
+        return SimpleNamespace(runtime=rt, entry=SimpleNamespace(params=params), version=1)
+
+    manager = ModelManager(Settings(), Metrics())
+    manager._instances = {
+        "resnet50": {1: inst("onnxruntime", "cpu", {})},
+        "resnet50_pt": {1: inst("pytorch", "gpu", {"serve.variant_of": "resnet50"})},
+    }
+    manager._reroute()
+    assert manager.get("resnet50") is manager._instances["resnet50_pt"][1]
+    assert manager.get("resnet50", "1") is manager._instances["resnet50"][1]  # a version pins the model itself
+    assert manager.get("resnet50_pt") is manager._instances["resnet50_pt"][1]
+    assert "pytorch on cuda" in manager.routes["resnet50"][1]
+    forced = ModelManager(Settings(runtime="onnxruntime"), Metrics())  # a forced runtime never reroutes
+    forced._instances = manager._instances
+    forced._reroute()
+    assert forced.routes == {} and forced.get("resnet50") is manager._instances["resnet50"][1]
