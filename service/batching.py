@@ -13,6 +13,12 @@ The batcher knows nothing of runtimes, tensors or HTTP: an *instance* is a step 
 thread), and a payload is whatever the model's pre step produced (a normalised numpy image, or JPEG
 bytes a GPU decodes in the batch). With several instances (Triton's ``instance_group.count``) a
 batch goes to whichever is idle, so a GPU overlaps batches on separate CUDA streams.
+
+Watchdog (``watchdog_s`` > 0): a batch that runs longer than that on an instance fails its requests
+at once (503 ``runtime_unhealthy``), and the instance is retired from the pool: its thread is stuck in
+the runtime, so it is never handed another batch (nor closed, nor joined at exit: instance threads are
+daemons). ``on_unhealthy(reason)`` tells the owner. With no instance left, admission answers 503
+model not ready and whatever is queued fails at once: no caller waits on a hung runtime.
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull, RuntimeHung
+from service.guards import InstanceThread
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +120,8 @@ class Batcher:
         config: BatcherConfig,
         on_batch: Callable[[BatchStats], None] | None = None,
         admission_control: bool = True,
+        watchdog_s: float = 0.0,
+        on_unhealthy: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._steps: list[Step] = [instances] if callable(instances) else list(instances)
@@ -122,6 +130,12 @@ class Batcher:
         self.config = config
         self._on_batch = on_batch
         self._admission = admission_control
+        self.watchdog_s = watchdog_s
+        self.on_unhealthy = on_unhealthy
+        #: instances retired by the watchdog (indices into _steps): never reused, never closed
+        self.retired: set[int] = set()
+        #: why the batcher cannot serve at all (every instance retired); None while it can
+        self._broken: str | None = None
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         # Idle instances (indices into _steps); _idle is set while at least one is free.
@@ -131,8 +145,7 @@ class Batcher:
         self._pending_images = 0
         self._reserved = 0  # admitted images still being decoded, not yet queued
         # One thread per instance: a runtime instance is never entered by two threads at once.
-        self._executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}-{i}")
-                           for i in range(len(self._steps))]
+        self._executors = [InstanceThread(f"infer-{name}-{i}") for i in range(len(self._steps))]
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -153,8 +166,8 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for ex in self._executors:
-            ex.shutdown(wait=True)
+        for i, ex in enumerate(self._executors):
+            ex.shutdown(wait=i not in self.retired)  # a hung thread is left behind, never joined
 
     @property
     def queue_depth(self) -> int:
@@ -174,6 +187,8 @@ class Batcher:
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is being unloaded; retry shortly", retry_after_s=1)
+        if self._broken is not None:
+            raise ModelNotReady(f"model {self.name!r} is not ready ({self._broken}); reload it", retry_after_s=5)
         cfg = self.config
         ahead = self._pending_images + self._reserved
         if ahead + n > cfg.max_queue_size:
@@ -306,6 +321,10 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
             # Wait for an idle instance; whatever arrives meanwhile joins this batch.
             await self._idle.wait()
+            if self._broken is not None:  # no instance left: fail at once, never wait on a hung runtime
+                self._fail_all(batch, ModelNotReady(f"model {self.name!r} is not ready ({self._broken}); "
+                                                    "reload it", retry_after_s=5))
+                continue
             while len(batch) < cfg.max_batch_size:
                 nxt = self._pop_live()
                 if nxt is None:
@@ -318,6 +337,43 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _fail_all(self, batch: list[_Item], err: Exception) -> None:
+        """Fail ``batch`` and everything queued behind it with ``err``."""
+        while (item := self._pop_live()) is not None:
+            batch.append(item)
+        for it in batch:
+            if not it.future.done():
+                it.future.set_exception(err)
+
+    async def _call(self, index: int, payloads: list[Any]) -> StepResult:
+        """Run the step on the instance's thread, under the watchdog when one is set."""
+        fut = asyncio.wrap_future(self._executors[index].submit(self._steps[index], payloads))
+        if self.watchdog_s <= 0:
+            return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.watchdog_s)
+        except TimeoutError:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late end is nobody's
+            raise self._retire(index, len(payloads)) from None
+
+    def _retire(self, index: int, size: int) -> RuntimeHung:
+        """Take a hung instance out of the pool for good; the error its batch's requests get."""
+        self.retired.add(index)
+        left = len(self._steps) - len(self.retired)
+        reason = (f"runtime instance {index} hung: a batch of {size} ran longer than the {self.watchdog_s:g} s "
+                  f"watchdog (--watchdog-s); retired, {left} of {len(self._steps)} instances left")
+        logger.error("model %s: %s", self.name, reason)
+        if not left:
+            self._broken = reason
+            self._idle.set()  # wake the loop: it fails what is queued
+            self._wakeup.set()
+        if self.on_unhealthy is not None:
+            try:
+                self.on_unhealthy(reason)
+            except Exception:  # noqa: BLE001 - a failing callback must not hang the batch's callers
+                logger.exception("model %s: on_unhealthy callback failed", self.name)
+        return RuntimeHung(f"model {self.name!r}: {reason}; retry later (the model must be reloaded)")
+
     async def _run(self, index: int, batch: list[_Item]) -> None:
         try:
             # A caller may have gone away, or a deadline passed, while we waited for an instance.
@@ -325,14 +381,17 @@ class Batcher:
             if not batch:
                 return
             started = time.monotonic()
-            loop = asyncio.get_running_loop()
             try:
                 # Collating (np.stack, GPU decode) copies every image: on the instance's thread, never the loop.
-                res = await loop.run_in_executor(self._executors[index], self._steps[index],
-                                                 [it.payload for it in batch])
+                res = await self._call(index, [it.payload for it in batch])
                 expected = len(batch) - len(res.failed)
                 if res.rows.shape[0] != expected:
                     raise RuntimeError(f"runtime returned {res.rows.shape[0]} rows for a batch of {expected}")
+            except RuntimeHung as e:
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(e)
+                return
             except Exception as e:  # noqa: BLE001 - a failed batch fails its members, never the loop
                 logger.exception("batch of %d failed on model %s", len(batch), self.name)
                 err = InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}")
@@ -355,6 +414,7 @@ class Batcher:
             if self._on_batch:
                 self._on_batch(BatchStats(len(batch), compute, queue_s))
         finally:
-            self._free.append(index)
-            self._idle.set()
+            if index not in self.retired:
+                self._free.append(index)
+                self._idle.set()
             self._wakeup.set()

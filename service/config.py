@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     cache_size: int = Field(0, description="result cache entries keyed by image hash (0: off)")
     admission_control: bool = Field(True, description="reject on arrival requests that cannot meet their deadline")
     graceful_timeout_s: float = Field(30.0, description="how long SIGTERM waits for in-flight requests")
+    watchdog_s: float = Field(
+        60.0, ge=0, description="a batch running longer than this fails its requests (503), and its runtime "
+        "instance is retired and the model marked unhealthy until reloaded (0: off)"
+    )
+    fault_file: Path | None = Field(
+        None, description="TESTING/DRILLS ONLY (off by default): inject runtime faults from this file's mode: "
+        "ok, raise, hang, nan, shape or once:<mode> (service/runtimes/faults.py)"
+    )
     shutdown_delay_s: float = Field(
         0.0, description="after SIGTERM, keep serving this long with readiness 503 (lets load balancers drain)"
     )

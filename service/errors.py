@@ -69,6 +69,15 @@ class QueueFull(ServiceError):
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
 
 
+class RuntimeHung(ServiceError):
+    """503: a batch ran past the watchdog (``--watchdog-s``); its runtime instance is retired as unhealthy."""
+
+    status, code = 503, "runtime_unhealthy"
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
 class RateLimited(ServiceError):
     """429: the key (or client address) is over its token-bucket rate limit."""
 

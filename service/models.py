@@ -9,16 +9,19 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from service.batching import Batcher, BatcherConfig, BatchStats
 from service.config import Settings
 from service.errors import ModelNotFound, ModelNotReady, RepositoryError, ServiceError
+from service.guards import checked
 from service.metrics import Metrics
 from service.pipeline import Pipeline, build_pipeline
 from service.repository import FALLBACK_PARAM, ModelEntry, Preprocess, check_model_name, read_config, scan_model
 from service.routing import Served, routes
 from service.runtimes import Choice, LoadSpec, Runtime, load_runtime
+from service.runtimes.faults import with_faults
 from service.runtimes.registry import registered
 
 logger = logging.getLogger(__name__)
@@ -236,7 +239,11 @@ class ModelManager:
                     f"JPEGs decoded and preprocessed on {runtime.device_kind} in the batch (torchvision "
                     f"decode_jpeg{', nvJPEG' if runtime.device_kind == 'gpu' else ''}), other formats by Pillow"
                     if pipeline.kind == "gpu-jpeg" else "images decoded and preprocessed by Pillow")
-        batcher = Batcher(name, pipeline.steps, bcfg, on_batch, admission_control=s.admission_control)
+        # Garbage logits (NaN/Inf, wrong shape) fail their batch, never a 200; a hung batch retires its instance.
+        steps = [checked(step, n_classes) for step in pipeline.steps]
+        batcher = Batcher(name, steps, bcfg, on_batch, admission_control=s.admission_control,
+                          watchdog_s=s.watchdog_s)
+        batcher.on_unhealthy = partial(self._unhealthy, name, version, batcher)
         return ModelInstance(
             name=name, version=version, entry=entry, runtimes=runtimes, batcher=batcher, pipeline=pipeline,
             labels=labels, preprocess=pp, input_shape=input_shape,
@@ -261,6 +268,10 @@ class ModelManager:
             runtimes.append(load_runtime(entry.platform, spec, s.runtime, s.device)[0])
         logger.info("model %s v%d: runtime %s, %s, %d instance%s (%s)", entry.name, version, runtime.label,
                     runtime.precision, count, "s" if count > 1 else "", choice.reason)
+        if s.fault_file is not None:
+            logger.warning("FAULT INJECTION is on for model %s v%d: its outputs follow %s (--fault-file; for tests "
+                           "and drills only, never in production)", entry.name, version, s.fault_file)
+            runtimes = with_faults(runtimes, s.fault_file)
         return runtimes, choice
 
     async def load(self, name: str) -> list[ModelInstance]:
@@ -311,6 +322,14 @@ class ModelManager:
                 logger.info("model %s is served by %s: %s", base, variant, why)
         self.routes = new
 
+    def _unhealthy(self, name: str, version: int, batcher: Batcher, reason: str) -> None:
+        """The batcher's watchdog retired a hung instance: readiness 503 with the reason until a reload."""
+        inst = self._instances.get(name, {}).get(version)
+        if inst is None or inst.batcher is not batcher:
+            return  # an instance already replaced or unloaded: the model's state is the new one's
+        self.states[name] = f"unhealthy: version {version}: {reason}; reload it (POST /models/{name}/load)"
+        self.metrics.child(self.metrics.model_ready, name, str(version), inst.runtime_tag).set(0)
+
     def _fail(self, name: str, reason: str) -> None:
         if name in self._instances:  # a failed reload keeps the old instances serving
             logger.error("model %s failed to reload, the loaded version keeps serving: %s", name, reason)
@@ -353,8 +372,9 @@ class ModelManager:
     async def _retire(self, instances: object) -> None:
         for inst in list(instances):  # type: ignore[call-overload]
             await inst.batcher.drain_and_stop()
-            for rt in inst.runtimes:
-                rt.close()
+            for i, rt in enumerate(inst.runtimes):
+                if i not in inst.batcher.retired:  # a hung instance's thread is still inside it: never closed
+                    rt.close()
 
     async def load_all(self) -> None:
         for name in self.configured_names():
