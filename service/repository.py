@@ -18,7 +18,10 @@ from service.errors import ModelNotFound, RepositoryError
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME_RE = re.compile(r"^[a-z0-9_.-]+$")
+MODEL_NAME_RE = re.compile(r"[a-z0-9_.-]+")
+#: longest model name accepted (a path component; file systems allow 255 bytes)
+MAX_NAME_LEN = 128
+VERSION_RE = re.compile(r"[0-9]{1,18}")
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 
@@ -36,13 +39,44 @@ FALLBACK_PARAM = "serve.fallback_model"
 ModelConfig = mc.ModelConfig
 
 
+class InvalidModelName(RepositoryError):
+    """A model name that cannot be a folder of the repository: 422 when a request or load call sent it."""
+
+    status, code = 422, "bad_parameter"
+
+
 def check_model_name(name: str) -> str:
     """Model names are path components: refuse anything but ``[a-z0-9_.-]+`` (no ``..``)."""
-    if not MODEL_NAME_RE.match(name) or name in {".", ".."}:
-        raise RepositoryError(
-            f"invalid model name {name!r}: use lowercase letters, digits, '_', '.', '-' only"
+    if not MODEL_NAME_RE.fullmatch(name) or name in {".", ".."} or len(name) > MAX_NAME_LEN:
+        shown = name if len(name) <= MAX_NAME_LEN else name[:MAX_NAME_LEN] + "..."
+        raise InvalidModelName(
+            f"invalid model name {shown!r}: use lowercase letters, digits, '_', '.', '-' only "
+            f"(at most {MAX_NAME_LEN} characters)"
         )
     return name
+
+
+def check_version(version: str | None) -> str | None:
+    """A version named by a request: ASCII digits only (``str.isdigit`` passes '²' and '１', which
+    ``int`` then refuses or reads as 1), else 404; ``None`` or empty: the latest."""
+    if not version:
+        return None
+    if not VERSION_RE.fullmatch(version):
+        shown = version if len(version) <= 32 else version[:32] + "..."
+        raise ModelNotFound(f"no version {shown!r}: versions are numbers, the names of the version folders (e.g. 1)")
+    return version
+
+
+def check_inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` with every symlink resolved, refused unless it stays inside the repository ``root``
+    (a model folder, version folder or file that is a symlink pointing elsewhere is not served)."""
+    real, real_root = path.resolve(), root.resolve()
+    if not real.is_relative_to(real_root):
+        raise RepositoryError(
+            f"{what} {path} resolves to {real}, outside the model repository {real_root}: "
+            "refused (copy the files into the repository, or point --model-repo at their folder)"
+        )
+    return real
 
 
 def parse_config(text: str) -> mc.ModelConfig:
@@ -138,6 +172,11 @@ class ModelEntry:
     path: Path
     config: mc.ModelConfig
     versions: list[int] = field(default_factory=list)
+    #: the repository folder: every file read for this model must resolve inside it
+    root: Path | None = None
+
+    def inside(self, path: Path, what: str) -> Path:
+        return check_inside(path, self.root if self.root is not None else self.path.parent, what)
 
     @property
     def platform(self) -> str:
@@ -161,11 +200,17 @@ class ModelEntry:
                 f"model {self.name!r} has no version {version}; available: "
                 f"{', '.join(map(str, sorted(self.versions))) or 'none'}"
             )
-        return self.path / str(version)
+        vdir = self.path / str(version)
+        self.inside(vdir, f"model {self.name!r} version folder")
+        return vdir
 
     def model_file(self, version: int) -> Path:
+        """The version's model file; it, and everything beside it (model.bin, engines), must resolve
+        inside the repository."""
         vdir = self.version_dir(version)
         fname = self.config.default_model_filename or MODEL_FILENAMES.get(self.platform, "model.onnx")
+        for p in [vdir / fname, *vdir.iterdir()]:
+            self.inside(p, f"model {self.name!r} version {version} file")
         return vdir / fname
 
     def labels(self) -> list[str] | None:
@@ -173,18 +218,25 @@ class ModelEntry:
             if out.label_filename:
                 p = self.path / out.label_filename
                 if p.is_file():
-                    return read_labels(p)
+                    return read_labels(self.inside(p, f"model {self.name!r} labels file"))
         p = self.path / LABELS_FILE
-        return read_labels(p) if p.is_file() else None
+        return read_labels(self.inside(p, f"model {self.name!r} labels file")) if p.is_file() else None
 
 
-def scan_model(model_dir: Path) -> ModelEntry:
+def scan_model(model_dir: Path, root: Path | None = None) -> ModelEntry:
+    """One model folder of the repository ``root`` (default: the folder's parent). The folder and its
+    config.pbtxt must resolve inside the repository (no symlink escape)."""
     name = check_model_name(model_dir.name)
+    root = root if root is not None else model_dir.parent
+    check_inside(model_dir, root, f"model {name!r} folder")
+    check_inside(model_dir / CONFIG_FILE, root, f"model {name!r} config")
     cfg = read_config(model_dir)
     if cfg.name and cfg.name != name:
         raise RepositoryError(f"{model_dir / CONFIG_FILE}: name {cfg.name!r} does not match folder {name!r}")
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    return ModelEntry(name=name, path=model_dir, config=cfg, versions=versions)
+    versions = sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    )
+    return ModelEntry(name=name, path=model_dir, config=cfg, versions=versions, root=root)
 
 
 def scan_repository(repo: Path) -> dict[str, ModelEntry]:
@@ -196,7 +248,7 @@ def scan_repository(repo: Path) -> dict[str, ModelEntry]:
         if not child.is_dir() or not (child / CONFIG_FILE).is_file():
             continue
         try:
-            models[child.name] = scan_model(child)
+            models[child.name] = scan_model(child, repo)
         except RepositoryError as e:
             logger.warning("skipping %s: %s", child, e)
     return models

@@ -23,6 +23,7 @@ from service.errors import (
 )
 from service.models import ModelInstance, ModelManager
 from service.pipeline import post
+from service.repository import check_version
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
 
@@ -107,7 +108,7 @@ def parse_query(request: Request) -> tuple[str | None, str | None, int]:
         top_k = 0
     if top_k < 1:
         raise BadParameter(f"top_k must be an integer >= 1 (at most the number of classes), got {raw_k!r}")
-    return q.get("model") or None, q.get("version") or None, top_k
+    return q.get("model") or None, check_version(q.get("version")), top_k
 
 
 async def classify(request: Request) -> Response:
@@ -130,6 +131,7 @@ async def classify(request: Request) -> Response:
         timeout_s = parse_timeout(request, inst.default_timeout_s)
         deadline = started + timeout_s
         uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
+        inst = manager.get(name, version)  # the instance serving now: a reload may have swapped it meanwhile
         response = await _classify(request, inst, uploads, top_k, deadline, cache)
         status = "200"
         return response

@@ -32,6 +32,7 @@ from service.api.health import readiness
 from service.api.responses import JSONResponse
 from service.errors import BadRequest, ModelNotReady, PayloadTooLarge, ServiceError
 from service.models import ModelInstance, ModelManager
+from service.repository import check_version
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "imgserve"
@@ -61,6 +62,11 @@ router = APIRouter(prefix="/v2", route_class=_V2Route, tags=["v2"])
 def _manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
+
+
+def _get(request: Request, name: str, version: str | None) -> ModelInstance:
+    """The instance serving ``name`` (``version``: ASCII digits, else 404)."""
+    return _manager(request).get(name, check_version(version))
 
 
 def _dtype(data_type: int) -> str:
@@ -105,7 +111,7 @@ async def ready(request: Request) -> Response:
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    _manager(request).get(name, version)  # 404 unknown, 503 not ready
+    _get(request, name, version)  # 404 unknown, 503 not ready
     return Response(status_code=200)
 
 
@@ -113,7 +119,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
     manager = _manager(request)
-    inst = manager.get(name, version)
+    inst = _get(request, name, version)
     inp, out = _io(inst)
     versions = [str(version)] if version else [str(i.version) for i in manager.instances(name)]
     return JSONResponse(
@@ -124,7 +130,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    inst = _manager(request).get(name, version)
+    inst = _get(request, name, version)
     cfg = MessageToDict(inst.entry.config, preserving_proto_field_name=True)
     for t in (*cfg.get("input", []), *cfg.get("output", [])):
         t["dims"] = [int(d) for d in t.get("dims", [])]  # protobuf JSON writes int64 as strings; Triton does not
@@ -274,10 +280,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     started = time.monotonic()
     status, label_version, code = "500", "-", ""
     try:
-        inst = _manager(request).get(name, version)
+        inst = _get(request, name, version)
         label_version = str(inst.version)
         limit = settings.max_upload_bytes
         body = _decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
+        inst = _get(request, name, version)  # the instance serving now: a reload may have swapped it meanwhile
         raw_hlen = request.headers.get(HEADER_LENGTH)
         if raw_hlen is not None and not (raw_hlen.isdigit() and int(raw_hlen) <= len(body)):
             raise BadRequest(f"{HEADER_LENGTH} {raw_hlen!r} is not a byte count within the {len(body)}-byte body")
