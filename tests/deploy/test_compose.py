@@ -96,6 +96,11 @@ def test_gpu_reserved_and_cpu_override(gpu: dict[str, Any], cpu: dict[str, Any])
     api = cpu["services"]["api"]
     assert api["image"] == "imgserve:cpu" and api["build"]["target"] == "cpu"
     assert "devices" not in str(api.get("deploy", {}))
+    # the CPU API only reads the model repository; the GPU one writes its TensorRT engine cache
+    (mount,) = api["volumes"]
+    assert mount["target"] == "/models" and mount.get("read_only") is True
+    (gpu_mount,) = gpu["services"]["api"]["volumes"]
+    assert gpu_mount["source"] == mount["source"] and not gpu_mount.get("read_only")
     # everything else is the same stack
     assert set(cpu["services"]) == set(gpu["services"])
 

@@ -119,6 +119,10 @@ def test_models_come_from_a_pvc_filled_by_the_export_image(overlay: tuple[str, l
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         vol = vols[mounts[env["IMGSERVE_MODEL_REPO"]]]
         assert vol["persistentVolumeClaim"]["claimName"] == claim
+    (api_models,) = [m for m in api["volumeMounts"] if m["mountPath"] == env["IMGSERVE_MODEL_REPO"]]
+    # CPU pods only read models; GPU pods write the TensorRT engine cache into version folders
+    assert api_models.get("readOnly", False) is (env.get("IMGSERVE_DEVICE") != "cuda")
+    assert not [m for m in init["volumeMounts"] if m.get("readOnly")]
 
 
 def test_gpu_overlay_requests_a_gpu(overlay: tuple[str, list[dict[str, Any]]]) -> None:
