@@ -120,6 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("access control: %s", access.describe())
         undo_sighup = access.keys.install_sighup()
         loader = asyncio.get_running_loop().create_task(load())
+        if settings.processes > 1:
+            # A worker of --processes N joins the shared port (uvicorn listens after this startup) only
+            # once its models are loaded: the kernel never hands a connection to a worker still loading,
+            # while the workers that are ready serve.
+            await asyncio.shield(loader)
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,10 @@ def test_two_workers_share_the_port_and_merge_metrics(
 ) -> None:
     srv = start_server(model_repo, tmp_path, "--processes", "2")
     try:
+        # a worker joins the port only once its models are loaded: the first ready one already serves
+        deadline = time.monotonic() + 60
+        while srv.logs().count("startup complete: ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             for _ in range(12):
                 r = c.post("/classify", content=photos["coffee.jpg"], headers={"Content-Type": "image/jpeg"})
