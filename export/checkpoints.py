@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -14,14 +13,6 @@ from export.errors import ExportError
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "ema_state_dict")
 # Prefixes added by DataParallel / DistributedDataParallel and torch.compile.
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unsupported(message: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.checkpoints import read_checkpoint, sha256_file
+from export.checkpoints import read_checkpoint
 from export.errors import ExportError, UsageError
-from service.repository import Preprocess
+from service.repository import Preprocess, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from service.cost_model import CostModel
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull, RuntimeHung
 from service.guards import InstanceThread
 
@@ -88,30 +89,6 @@ class BatcherConfig:
     dispatch_when_idle: bool = False
 
 
-class _CostModel:
-    """EWMA of batch compute time as ``a + b * size``, for deadline-aware admission."""
-
-    def __init__(self) -> None:
-        self.per_image = 0.0
-        self.per_batch = 0.0
-        self.samples = 0
-
-    def observe(self, size: int, seconds: float) -> None:
-        per_image = seconds / size
-        if self.samples:  # one outlier moves the estimate at most 4x; a lasting slowdown still shows in a few
-            per_image = min(per_image, 4 * self.per_image)
-        alpha = 0.2 if self.samples else 1.0
-        self.per_image += alpha * (per_image - self.per_image)
-        self.samples += 1
-
-    def predict(self, images_ahead: int, n: int, max_batch: int, instances: int = 1) -> float:
-        if not self.samples:
-            return 0.0
-        # Images ahead run first (in batches, spread over the instances), then ours; plus one batch
-        # in flight on average.
-        return (images_ahead + n + max_batch / 2) * self.per_image / instances
-
-
 class Batcher:
     def __init__(
         self,
@@ -149,7 +126,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = False
-        self.cost = _CostModel()
+        self.cost = CostModel()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -341,9 +318,7 @@ class Batcher:
         """Fail ``batch`` and everything queued behind it with ``err``."""
         while (item := self._pop_live()) is not None:
             batch.append(item)
-        for it in batch:
-            if not it.future.done():
-                it.future.set_exception(err)
+        _fail(batch, err)
 
     async def _call(self, index: int, payloads: list[Any]) -> StepResult:
         """Run the step on the instance's thread, under the watchdog when one is set."""
@@ -388,16 +363,11 @@ class Batcher:
                 if res.rows.shape[0] != expected:
                     raise RuntimeError(f"runtime returned {res.rows.shape[0]} rows for a batch of {expected}")
             except RuntimeHung as e:
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+                _fail(batch, e)
                 return
             except Exception as e:  # noqa: BLE001 - a failed batch fails its members, never the loop
                 logger.exception("batch of %d failed on model %s", len(batch), self.name)
-                err = InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}")
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(err)
+                _fail(batch, InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}"))
                 return
             compute = time.monotonic() - started
             self.cost.observe(len(batch), compute)
@@ -418,3 +388,9 @@ class Batcher:
                 self._free.append(index)
                 self._idle.set()
             self._wakeup.set()
+
+
+def _fail(batch: list[_Item], err: Exception) -> None:
+    for it in batch:
+        if not it.future.done():
+            it.future.set_exception(err)

@@ -20,7 +20,7 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline, build_pipeline
 from service.repository import FALLBACK_PARAM, ModelEntry, Preprocess, check_model_name, read_config, scan_model
 from service.routing import Served, routes
-from service.runtimes import Choice, LoadSpec, Runtime, load_runtime
+from service.runtimes import Choice, LoadSpec, Runtime, choose, load_choice
 from service.runtimes.faults import with_faults
 from service.runtimes.registry import registered
 
@@ -256,16 +256,11 @@ class ModelManager:
         meaning: that many runtime instances behind one batcher); CPU instances split the threads."""
         s = self.settings
         count = s.instances or sum(g.count for g in entry.config.instance_group) or 1
-        runtime, choice = load_runtime(entry.platform, spec, s.runtime, s.device)
-        runtimes = [runtime]
-        if count > 1 and runtime.device_kind == "cpu" and not spec.threads:
-            # one instance already holds every core; reload all with an even share
-            runtime.close()
-            share = max(1, (os.cpu_count() or 1) // count)
-            spec = dataclasses.replace(spec, threads=share)
-            runtimes = [load_runtime(entry.platform, spec, s.runtime, s.device)[0]]
-        while len(runtimes) < count:
-            runtimes.append(load_runtime(entry.platform, spec, s.runtime, s.device)[0])
+        choice = choose(entry.platform, s.runtime, s.device)
+        if count > 1 and choice.device == "cpu" and not spec.threads:
+            spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // count))  # share the cores
+        runtimes = [load_choice(choice, spec) for _ in range(count)]
+        runtime = runtimes[0]
         logger.info("model %s v%d: runtime %s, %s, %d instance%s (%s)", entry.name, version, runtime.label,
                     runtime.precision, count, "s" if count > 1 else "", choice.reason)
         if s.fault_file is not None:

@@ -6,6 +6,7 @@ written here is served by Triton unchanged and a Triton user's repository is rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -252,3 +253,12 @@ def scan_repository(repo: Path) -> dict[str, ModelEntry]:
         except RepositoryError as e:
             logger.warning("skipping %s: %s", child, e)
     return models
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoint provenance, engine-cache staleness)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.errors import RepositoryError
+from service.repository import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +161,6 @@ def cached_keys(version_dir: Path) -> list[EngineKey]:
     return keys
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sidecar_path(plan: Path) -> Path:
     return plan.with_suffix(".json")
 
@@ -276,7 +268,7 @@ def get_or_build(onnx_path: Path, key: EngineKey, build: BuildFn, log: logging.L
     d = engine_dir(onnx_path.parent)
     d.mkdir(exist_ok=True)
     plan = d / key.filename
-    sha = file_sha256(onnx_path)
+    sha = sha256_file(onnx_path)
     if plan_problem(plan, key, sha) is None:
         log.info("using cached TensorRT engine %s", plan)
         return plan

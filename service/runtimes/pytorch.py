@@ -12,6 +12,7 @@ On the CPU it runs FP32 (BF16 when pinned), frozen (conv+batch-norm folded).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -168,8 +169,6 @@ class PyTorchRuntime:
             return self._model(x)
 
     def _stream_ctx(self) -> Any:
-        import contextlib
-
         return self._torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
 
     def _graph_for(self, n: int) -> _Graph | None:

@@ -17,7 +17,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from service.errors import RepositoryError
-from service.repository import write_config
+from service.repository import sha256_file, write_config
 from service.runtimes.engine_cache import (
     EngineKey,
     batch_profile,
@@ -25,7 +25,6 @@ from service.runtimes.engine_cache import (
     engine_dir,
     engine_key,
     engine_precision,
-    file_sha256,
     get_or_build,
     plan_for_gpu,
     read_sidecar,
@@ -104,7 +103,7 @@ def test_cache_hit_skips_the_build(tmp_path: Path) -> None:
     plan = get_or_build(onnx, KEY, build)
     assert plan == engine_dir(onnx.parent) / KEY.filename and plan.read_bytes() == b"plan:onnx-v1"
     meta = read_sidecar(plan)
-    assert meta is not None and meta["onnx_sha256"] == file_sha256(onnx) and meta["key"] == KEY.to_json()
+    assert meta is not None and meta["onnx_sha256"] == sha256_file(onnx) and meta["key"] == KEY.to_json()
     assert isinstance(meta["build_seconds"], float) and meta["built_at"]
     assert get_or_build(onnx, KEY, build) == plan
     assert build.builds == 1
