@@ -179,7 +179,7 @@ def base_params(loaded: LoadedModel, opts: ExportOptions, precision: str) -> dic
             "export.opset": str(opts.opset),
             "export.precision": precision,
             "export.torch_version": torch.__version__,
-            "export.exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "export.exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
     if loaded.transform_input is not None:

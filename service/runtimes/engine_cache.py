@@ -255,7 +255,7 @@ def _build_locked(onnx_path: Path, key: EngineKey, plan: Path, sha: str, build: 
         "onnx_sha256": sha,
         "plan_bytes": plan.stat().st_size,
         "build_seconds": round(seconds, 3),
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": os.uname().nodename,
     })
     log.info("built TensorRT engine %s in %.1fs", plan, seconds)
