@@ -21,7 +21,7 @@ from service.pipeline import Pipeline, build_pipeline
 from service.repository import FALLBACK_PARAM, ModelEntry, Preprocess, check_model_name, read_config, scan_model
 from service.routing import Served, routes
 from service.runtimes import Choice, LoadSpec, Runtime, choose, load_choice
-from service.runtimes.faults import with_faults
+from service.runtimes.faults import stall_load, with_faults
 from service.runtimes.registry import registered
 
 logger = logging.getLogger(__name__)
@@ -259,6 +259,8 @@ class ModelManager:
         choice = choose(entry.platform, s.runtime, s.device)
         if count > 1 and choice.device == "cpu" and not spec.threads:
             spec = dataclasses.replace(spec, threads=max(1, (os.cpu_count() or 1) // count))  # share the cores
+        if s.fault_file is not None:
+            stall_load(s.fault_file, f"model {entry.name} v{version}")
         runtimes = [load_choice(choice, spec) for _ in range(count)]
         runtime = runtimes[0]
         logger.info("model %s v%d: runtime %s, %s, %d instance%s (%s)", entry.name, version, runtime.label,

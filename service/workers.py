@@ -31,13 +31,18 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` that other workers can bind too."""
+    """A socket bound to ``host:port`` that other workers can bind too, NOT yet listening.
+
+    The kernel spreads new connections over the listening sockets of a SO_REUSEPORT group only: a bound
+    socket gets none. uvicorn calls ``listen()`` once the app's startup (which waits for the models) is
+    done, so a worker that is loading, or restarting, is never handed a connection it cannot answer;
+    while no worker listens, a connection is refused at once instead of waiting on a load.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 

@@ -10,7 +10,9 @@ checks that file (one ``stat``; it is re-read only when its mtime, size or inode
   retires the instance), then returns the real output to nobody;
 * ``nan``: the first logit of the batch becomes NaN (the output check fails the batch);
 * ``shape``: the last logit column is dropped (the output check fails the batch);
-* ``once:<mode>``: that mode for one batch (per process), then ``ok`` until the file changes.
+* ``once:<mode>``: that mode for one batch (per process), then ``ok`` until the file changes;
+* ``slow_load:<seconds>``: every model load (start-up, reload, a restarted worker) first stalls that
+  long, as a big model on a slow disk would; batches run normally.
 
 The service logs a WARNING for every model it wraps. Warm-up runs the real runtime, unwrapped.
 """
@@ -45,6 +47,7 @@ class FaultSwitch:
         self._key: tuple[int, int, int] | None = None
         self._mode = "ok"
         self._once = False
+        self._load_delay_s = 0.0
 
     def _stat_key(self) -> tuple[int, int, int] | None:
         try:
@@ -63,6 +66,13 @@ class FaultSwitch:
                     text = self.path.read_text().strip().lower()
                 except OSError:
                     text = ""
+            self._load_delay_s = 0.0
+            if text.startswith("slow_load:"):
+                try:
+                    self._load_delay_s = max(0.0, float(text.partition(":")[2]))
+                except ValueError:
+                    logger.warning("fault file %s: %r needs seconds, e.g. slow_load:5; ignored", self.path, text)
+                text = "ok"
             once, _, mode = text.rpartition(":") if text.startswith("once:") else ("", "", text or "ok")
             if mode not in MODES:
                 logger.warning("fault file %s: unknown mode %r (use %s, or once:<mode>); treated as ok",
@@ -80,6 +90,12 @@ class FaultSwitch:
             if self._once:
                 self._mode, self._once = "ok", False
             return mode
+
+    def load_delay_s(self) -> float:
+        """How long a model load stalls first (``slow_load:<seconds>``; 0 otherwise)."""
+        with self._lock:
+            self._refresh()
+            return self._load_delay_s
 
     def changed_since(self, key: tuple[int, int, int] | None) -> bool:
         return self._stat_key() != key
@@ -143,6 +159,14 @@ class FaultyRuntime:
         elif mode == "shape":
             out = out[:, :-1]
         return out
+
+
+def stall_load(path: Path, what: str) -> None:
+    """Before loading ``what``: sleep as long as the fault file's ``slow_load:<seconds>`` says (in a loader thread)."""
+    delay = switch_for(path).load_delay_s()
+    if delay > 0:
+        logger.warning("fault injection: stalling the load of %s for %.1f s (slow_load)", what, delay)
+        time.sleep(delay)
 
 
 def with_faults(runtimes: list[Runtime], path: Path) -> list[Runtime]:

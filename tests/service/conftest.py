@@ -48,7 +48,9 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True) -> Server:
+def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True, wait_http: bool = True) -> Server:
+    """A ``python -m service`` subprocess on a free port; waits for readiness (or liveness, or, with
+    ``wait_http=False``, nothing: a test of start-up itself)."""
     port = free_port()
     log = tmp / f"server-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -57,6 +59,8 @@ def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True) -> 
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
     )
     server = Server(proc, f"http://127.0.0.1:{port}", log)
+    if not wait_http:
+        return server
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

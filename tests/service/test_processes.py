@@ -37,3 +37,51 @@ def test_two_workers_share_the_port_and_merge_metrics(
     assert logs.count("startup complete: ready") == 2, logs
     assert "worker 0 started" in logs and "worker 1 started" in logs
     assert rc == 0
+
+
+def _probe(url: str, seconds: float) -> list[str]:
+    """New connections for ``seconds``: each must be refused or answered within a second (never left waiting)."""
+    outcomes: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            # a fresh connection per probe: the kernel picks a listener for each new connection
+            r = httpx.get(f"{url}/health/ready", timeout=httpx.Timeout(1.0))
+            outcomes.append(str(r.status_code))
+        except httpx.ConnectError:
+            outcomes.append("refused")
+        except httpx.TimeoutException as e:
+            raise AssertionError(f"a connection waited over 1 s while the models loaded: {e!r}") from e
+        time.sleep(0.05)  # pacing only: the assertion is on each probe's own outcome
+    return outcomes
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_connections_are_refused_or_answered_while_models_load(
+    model_repo: Path, tmp_path: Path, processes: int
+) -> None:
+    """Loading stalls 12 s (fault file): meanwhile every new connection is refused (no worker listens yet,
+    --processes 2) or answered 503 at once (one process: it listens and reports loading), never queued."""
+    faults = tmp_path / "faults"
+    faults.write_text("slow_load:12")
+    srv = start_server(model_repo, tmp_path, "--processes", str(processes), "--fault-file", str(faults),
+                       wait_http=False)
+    try:
+        deadline = time.monotonic() + 60
+        while "stalling the load" not in srv.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "stalling the load" in srv.logs(), srv.logs()
+        outcomes = _probe(srv.url, 4.0)  # well inside the 12 s stall
+        expected = {"refused"} if processes > 1 else {"503"}
+        assert outcomes and set(outcomes) == expected, outcomes
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{srv.url}/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert httpx.get(f"{srv.url}/health/ready", timeout=5).status_code == 200, srv.logs()
+    finally:
+        srv.stop()
