@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings
+from service.connections import ConnectionGuard, connection_caps, guarded_protocol, raise_fd_limit
 from service.errors import ConfigError
 from service.logging import configure_logging
 
@@ -71,8 +72,14 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     except ConfigError as e:
         print(f"error: {e.message}", file=sys.stderr)
         raise SystemExit(2) from None
+    total, per_client = connection_caps(raise_fd_limit(), settings.max_connections,
+                                        settings.max_connections_per_client)
+    guard = ConnectionGuard(total, per_client, settings.header_timeout_s, app.state.metrics)
+    logger.info("connections: %s; request bodies at >= %g bytes/s after %g s, %d bytes in flight at most",
+                guard.describe(), settings.body_min_rate, settings.body_timeout_s, settings.max_body_bytes_in_flight)
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(guard),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -24,6 +24,7 @@ from service.api import classify, health, models, v2
 from service.api.errors import error_response, render_error
 from service.api.responses import JSONResponse
 from service.auth import AccessControl, document_access
+from service.body_guard import BodyBudget, BodyGuard
 from service.cache import ResultCache
 from service.config import Settings
 from service.errors import RateLimited, ServiceError
@@ -179,6 +180,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(v2.router)
     _add_pages(app)
+    # inside RequestContext: a request refused by access control never reserves body bytes
+    app.add_middleware(BodyGuard, budget=BodyBudget(settings.max_body_bytes_in_flight),
+                       min_rate=settings.body_min_rate, grace_s=settings.body_timeout_s,
+                       max_body=settings.max_upload_bytes, metrics=metrics)
     app.add_middleware(RequestContext, access=access, metrics=metrics)
     if settings.cors_origins:  # outermost: preflights need no key, and 401/429 answers carry the CORS headers
         app.add_middleware(

@@ -310,7 +310,8 @@ def document_access(schema: dict[str, Any]) -> dict[str, Any]:
 # -- the table of limits (README "Limits and access control") ---------------------------------------------------
 def is_limit_field(name: str) -> bool:
     """The Settings fields that bound what a client can make the service do."""
-    return name.startswith(("max_", "rate_limit_")) or name.endswith("_timeout_s") or name == "api_keys_file"
+    return (name.startswith(("max_", "rate_limit_")) or name.endswith("_timeout_s")
+            or name in ("api_keys_file", "body_min_rate"))
 
 
 def limits_table() -> str:

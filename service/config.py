@@ -51,6 +51,29 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(40_000_000, description="largest image (width*height) accepted (413 above)")
     max_images_per_request: int = Field(64, description="most images in one multipart request (413 above)")
+    max_body_bytes_in_flight: int = Field(
+        1024**3, gt=0, description="bytes of request bodies one process holds at once, all requests together; "
+        "a body that would pass it is refused at once (503 + Retry-After), never buffered"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request head (request line and headers) must arrive within this many seconds "
+        "of the connection opening or of the previous response (408, connection closed)"
+    )
+    body_timeout_s: float = Field(
+        10.0, ge=0, description="grace before --body-min-rate applies to a request body"
+    )
+    body_min_rate: float = Field(
+        32 * 1024, gt=0, description="bytes/s a request body must average after --body-timeout-s "
+        "(408, connection closed)"
+    )
+    max_connections: int = Field(
+        0, ge=0, description="open connections per process (0: the open-file limit, raised to its hard "
+        "maximum at start, less max(128, 1/8) for everything else); over it: 503 and closed"
+    )
+    max_connections_per_client: int = Field(
+        0, ge=0, description="open connections per client address (0: half of --max-connections); over it: "
+        "503 and closed"
+    )
     max_queue_size: int | None = Field(
         None, description="per-model queue bound in images (default: config.pbtxt, else 256)"
     )

@@ -39,6 +39,12 @@ class Forbidden(ServiceError):
     status, code = 403, "forbidden"
 
 
+class RequestTimeout(ServiceError):
+    """408: the request body arrived slower than the minimum rate (``--body-min-rate``); the connection closes."""
+
+    status, code = 408, "request_timeout"
+
+
 class ModelNotFound(ServiceError):
     status, code = 404, "model_not_found"
 
@@ -67,6 +73,12 @@ class QueueFull(ServiceError):
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class ServiceBusy(ServiceError):
+    """503: accepting this request's body would pass the in-flight body budget (``--max-body-bytes-in-flight``)."""
+
+    status, code = 503, "server_busy"
 
 
 class RuntimeHung(ServiceError):

@@ -81,6 +81,15 @@ class Metrics:
             "inference_rejected_requests", "Requests refused with 503 (queue full, not ready, deadline)",
             ["model", "reason"], registry=r,
         )
+        # the connection and body guards (service.connections, service.body_guard)
+        self.open_connections = Gauge(
+            "http_open_connections", "Client connections open", registry=r, multiprocess_mode="livesum"
+        )
+        self.refused = Counter(
+            "http_refused", "Connections or requests refused or closed by the connection and body guards "
+            "(total_connections, client_connections, header_timeout, body_too_slow, body_budget)",
+            ["reason"], registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiproc_dir = multiproc_dir()
         if self.multiproc_dir is not None and values.ValueClass is values.MutexValue:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -48,15 +49,21 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True, wait_http: bool = True) -> Server:
+def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True, wait_http: bool = True,
+                 nofile: int | None = None) -> Server:
     """A ``python -m service`` subprocess on a free port; waits for readiness (or liveness, or, with
-    ``wait_http=False``, nothing: a test of start-up itself)."""
+    ``wait_http=False``, nothing: a test of start-up itself). ``nofile``: its open-file limit (soft and hard)."""
+
+    def limit_fds() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     port = free_port()
     log = tmp / f"server-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--model-repo", str(repo), "--port", str(port), "--workers", "2", *args],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, preexec_fn=limit_fds,
     )
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     if not wait_http:
