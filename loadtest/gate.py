@@ -41,6 +41,9 @@ def add_options(parser: Any) -> None:
                    "predicted label must be its entry (default: each index keeps one label during the run)")
     g.add_argument("--invalid-share", env_var="LOCUST_INVALID_SHARE", type=float, default=0.0,
                    help="share of requests with an invalid image, correct when they get their documented 4xx")
+    g.add_argument("--invalid-schedule", env_var="LOCUST_INVALID_SCHEDULE", choices=("random", "even"),
+                   default="random", help="random: each request invalid with that probability; even: exactly that "
+                   "share, evenly spaced from the first request on (reproducible, for CI)")
     g.add_argument("--max-backoff-s", type=float, default=5.0, help="cap on the back-off a 503 Retry-After asks for")
     g.add_argument("--user-rate", type=float, default=1.0, help="requests/s of each open-loop user")
     g.add_argument("--ramp", default="10:5,30:10,10:30,20:10", help="ramp shape (loadtest/ramp.py): "

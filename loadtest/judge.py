@@ -8,6 +8,7 @@ must get its documented 4xx and error code; a 503 with ``Retry-After`` is load s
 from __future__ import annotations
 
 import json
+import math
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class Scenario:
     model: str | None = None
     max_top_k: int = 10
     invalid_share: float = 0.0
+    invalid_schedule: str = "random"  # or "even": exactly that share, evenly spaced, the first pick included
     max_backoff_s: float = 5.0
     user_rate: float = 1.0
     photos: list[Body] = field(default_factory=list)
@@ -31,11 +33,32 @@ class Scenario:
     labels: list[str] | None = None  # the exact label set (--labels), checked by index
     seen: dict[tuple[str, int], str] = field(default_factory=dict)  # else: one label per (model, index)
     learning: bool = False
+    picks: int = 0  # picks that could have been invalid, for the "even" schedule
 
     def pick(self, invalid_ok: bool = True) -> Body:
-        if invalid_ok and self.invalid_share > 0 and random.random() < self.invalid_share:
+        if not invalid_ok or self.invalid_share <= 0:
+            return random.choice(self.photos)
+        if self.invalid_schedule == "even":
+            k, self.picks = self.picks, self.picks + 1
+            if even_hit(k, self.invalid_share):  # the invalid bodies in turn
+                return self.invalid[invalid_before(k, self.invalid_share) % len(self.invalid)]
+        elif random.random() < self.invalid_share:
             return random.choice(self.invalid)
         return random.choice(self.photos)
+
+
+def invalid_before(k: int, share: float) -> int:
+    """How many of picks 0..k-1 the "even" schedule made invalid: ceil(k * share), never more than k."""
+    return min(k, math.ceil(round(k * min(share, 1.0), 9)))  # round: 0.1 * 30 is 3.0000000000000004
+
+
+def even_hit(k: int, share: float) -> bool:
+    """Whether pick ``k`` (from 0) is invalid in the "even" schedule: picks 0, 1/share, 2/share, ...
+
+    Over any first n picks exactly ceil(n * share) are invalid, so a run that makes one request has
+    sent an invalid one: a test expecting invalid images needs no luck.
+    """
+    return invalid_before(k + 1, share) > invalid_before(k, share)
 
 
 def multipart(bodies: list[Body]) -> tuple[bytes, str]:

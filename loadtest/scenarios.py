@@ -40,6 +40,7 @@ def _configure(environment: Environment, **_kw: Any) -> None:
     SCENARIO.model = opts.model or None
     SCENARIO.max_top_k = opts.top_k
     SCENARIO.invalid_share = opts.invalid_share
+    SCENARIO.invalid_schedule = opts.invalid_schedule
     SCENARIO.max_backoff_s = opts.max_backoff_s
     SCENARIO.user_rate = opts.user_rate
     SCENARIO.photos = photos(opts.images)

@@ -12,7 +12,7 @@ checks that file (one ``stat``; it is re-read only when its mtime, size or inode
 * ``shape``: the last logit column is dropped (the output check fails the batch);
 * ``once:<mode>``: that mode for one batch (per process), then ``ok`` until the file changes;
 * ``slow_load:<seconds>``: every model load (start-up, reload, a restarted worker) first stalls that
-  long, as a big model on a slow disk would; batches run normally.
+  long, or until the file changes, as a big model on a slow disk would; batches run normally.
 
 The service logs a WARNING for every model it wraps. Warm-up runs the real runtime, unwrapped.
 """
@@ -162,11 +162,15 @@ class FaultyRuntime:
 
 
 def stall_load(path: Path, what: str) -> None:
-    """Before loading ``what``: sleep as long as the fault file's ``slow_load:<seconds>`` says (in a loader thread)."""
-    delay = switch_for(path).load_delay_s()
+    """Before loading ``what`` (in a loader thread): stall as long as the fault file's ``slow_load:<seconds>``
+    says, or until the file changes, whichever comes first."""
+    switch = switch_for(path)
+    delay = switch.load_delay_s()
     if delay > 0:
         logger.warning("fault injection: stalling the load of %s for %.1f s (slow_load)", what, delay)
-        time.sleep(delay)
+        key, end = switch.key(), time.monotonic() + delay
+        while time.monotonic() < end and not switch.changed_since(key):
+            time.sleep(_POLL_S)
 
 
 def with_faults(runtimes: list[Runtime], path: Path) -> list[Runtime]:

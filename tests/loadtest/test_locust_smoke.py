@@ -1,8 +1,8 @@
 """CI smoke: real locust runs (subprocesses) against a real service on 127.0.0.1, bounded in time.
 
-1. The closed-loop locustfile for 8 s with a 10 % share of invalid images and the SLO gate on
-   failures: exit 0, no failure, the summary line, CSV (with the Server-Timing series) and the HTML
-   report.
+1. The closed-loop locustfile for 8 s with a 10 % share of invalid images on the even schedule (the
+   first request is one, then every tenth: no luck needed) and the SLO gate on failures: exit 0, no
+   failure, the summary line, CSV (with the Server-Timing series) and the HTML report.
 2. An SLO that cannot be met: exit status 1.
 3. The stepped open-loop shape for 2 x 4 s: the summary line carries a capacity answer per step.
 """
@@ -45,11 +45,12 @@ def locust(*args: str, timeout: float = 60) -> tuple[int, str, dict[str, object]
 def test_closed_loop_run_has_no_failures_and_a_report(service_url: str, tmp_path: Path) -> None:
     rc, out, summary = locust(
         "-f", "loadtest/locustfile.py", "--host", service_url, "-u", "6", "-r", "6", "-t", "8s",
-        "--invalid-share", "0.1", "--slo-fail-ratio", "0", "--slo-p99-ms", "30000",
+        "--invalid-share", "0.1", "--invalid-schedule", "even", "--slo-fail-ratio", "0", "--slo-p99-ms", "30000",
         "--csv", str(tmp_path / "locust"), "--csv-full-history", "--html", str(tmp_path / "report.html"),
         "--summary-file", str(tmp_path / "summary.json"))
     assert rc == 0, out
-    assert summary["failures"] == 0 and summary["requests"] > 10 and summary["pass"] is True, summary
+    # how many requests 8 s hold is a throughput figure (the benchmark's); that they ran is the behaviour
+    assert summary["failures"] == 0 and summary["requests"] > 0 and summary["pass"] is True, summary
     assert set(summary["server_timing_avg_ms"]) == {"queue", "preprocess", "infer"}  # type: ignore[arg-type]
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     with (tmp_path / "locust_stats.csv").open() as f:
@@ -62,7 +63,7 @@ def test_closed_loop_run_has_no_failures_and_a_report(service_url: str, tmp_path
     history = (tmp_path / "locust_stats_history.csv").read_text().splitlines()
     assert len(history) > 5
     html = (tmp_path / "report.html").read_text()
-    assert "<html" in html.lower() and "/classify [1 image, jpeg " in html
+    assert "<html" in html.lower() and "/classify [1 image, " in html  # which photo kinds ran is random
 
 
 @pytest.mark.slow

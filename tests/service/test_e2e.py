@@ -1,12 +1,19 @@
-"""End to end through a real uvicorn on a loopback port with a real exported model."""
+"""End to end through a real uvicorn on a loopback port with a real exported model.
+
+Where a test needs the runtime busy (a full queue, requests in flight at SIGTERM) it holds it with the
+fault file's ``hang`` mode and lets go once the event it waits for has happened; where it needs
+requests to share a batch, batches close on size, not on timing. Waiting is polling with a deadline.
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,6 +27,21 @@ pytestmark = pytest.mark.slow
 
 def post_raw(c: httpx.Client, data: bytes, ctype: str = "image/jpeg", **params: object) -> httpx.Response:
     return c.post("/classify", content=data, headers={"Content-Type": ctype}, params=params)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` s (a deadline, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.02)
+
+
+def set_fault(path: Path, mode: str) -> None:
+    """The fault file's mode, written atomically (a new inode: the service sees every change)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(mode)
+    os.replace(tmp, path)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -145,15 +167,22 @@ def test_bad_part_names_its_index_and_spares_others(server: Server, photos: dict
     assert "image 1 (bad.jpg)" in bad.json()["error"]["message"]
 
 
-def test_concurrent_requests_share_batches_and_metrics(server: Server, photos: dict[str, bytes]) -> None:
-    with server.client() as c:
-        before = c.get("/metrics").text
-        imgs = list(photos.values())
-        with ThreadPoolExecutor(16) as pool:
-            # distinct bytes per request so the result cache does not answer them
-            rs = list(pool.map(lambda i: post_raw(c, imgs[i % 3] + bytes([i]), top_k=1), range(32)))
-        assert all(r.status_code == 200 for r in rs)
-        text = c.get("/metrics").text
+def test_concurrent_requests_share_batches_and_metrics(model_repo: Path, tmp_path: Path,
+                                                      photos: dict[str, bytes]) -> None:
+    # Batches close at a preferred size (4 or 8) or after 5 s, never because the runtime is idle: with 16
+    # requests in flight they share batches however fast or busy the machine (only a tail waits the 5 s).
+    s = start_server(model_repo, tmp_path, "--dispatch-when-idle", "false", "--max-queue-delay-ms", "5000")
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            before = c.get("/metrics").text
+            imgs = list(photos.values())
+            with ThreadPoolExecutor(16) as pool:
+                # distinct bytes per request so that nothing could answer them from a cache
+                rs = list(pool.map(lambda i: post_raw(c, imgs[i % 3] + bytes([i]), top_k=1), range(32)))
+            assert all(r.status_code == 200 for r in rs)
+            text = c.get("/metrics").text
+    finally:
+        s.stop()
     batches = metric(text, "inference_batch_size_count") - metric(before, "inference_batch_size_count")
     images = metric(text, "inference_batch_size_sum") - metric(before, "inference_batch_size_sum")
     assert images == 32
@@ -209,14 +238,17 @@ def test_reload_and_unload_under_traffic(server: Server, photos: dict[str, bytes
 
     with server.client() as c, ThreadPoolExecutor(4) as pool:
         workers = [pool.submit(traffic) for _ in range(4)]
-        time.sleep(0.5)
-        r = c.post("/models/resnet18/load")
-        assert r.status_code == 200, r.text
-        time.sleep(0.5)
-        stop.set()
-        for w in workers:
-            w.result()
-        assert len(statuses) > 10 and set(statuses) == {200}, f"failures during reload: {statuses}"
+        try:
+            wait_for(lambda: len(statuses) >= 4, "traffic under way")
+            r = c.post("/models/resnet18/load")
+            assert r.status_code == 200, r.text
+            reloaded = len(statuses)
+            wait_for(lambda: len(statuses) >= reloaded + 4, "traffic after the reload")
+        finally:
+            stop.set()
+            for w in workers:
+                w.result()
+        assert set(statuses) == {200}, f"failures during reload: {statuses}"
         assert c.get("/health/ready").status_code == 200
 
         assert c.post("/models/resnet18/unload").status_code == 200
@@ -236,15 +268,29 @@ def test_open_endpoints_need_no_key(server: Server) -> None:
 
 
 def test_queue_full_and_deadline(model_repo: Path, tmp_path: Path, photos: dict[str, bytes]) -> None:
-    """A tiny queue sheds with 503 + Retry-After; a short deadline gives 504 (admission off)."""
+    """A tiny queue sheds with 503 + Retry-After; a short deadline gives 504 (admission off).
+
+    The runtime is held on the first request (fault file: hang) while 8 more arrive: at most 3 fit (one
+    batch of 1 waiting for the runtime, the queue of 2), so at least 5 are shed, and they are the only
+    ones that can be answered before the runtime is let go."""
+    fault = tmp_path / "fault"
+    set_fault(fault, "ok")
     s = start_server(model_repo, tmp_path, "--max-queue-size", "2", "--max-batch-size", "1",
-                     "--no-admission-control", "--max-queue-delay-ms", "0")
+                     "--no-admission-control", "--max-queue-delay-ms", "0", "--fault-file", str(fault))
     try:
         data = photos["chelsea.jpg"]
-        with httpx.Client(base_url=s.url, timeout=60) as c, ThreadPoolExecutor(24) as pool:
-            rs = list(pool.map(lambda i: post_raw(c, data + bytes([i])), range(24)))
+        with httpx.Client(base_url=s.url, timeout=60) as c, ThreadPoolExecutor(9) as pool:
+            set_fault(fault, "hang")
+            held = pool.submit(post_raw, c, data)
+            wait_for(lambda: "hanging a batch" in s.logs(), "the first request held in the runtime")
+            rest = [pool.submit(post_raw, c, data + bytes([i])) for i in range(8)]
+            try:
+                wait_for(lambda: sum(f.done() for f in rest) >= 5, "5 requests shed while the runtime is held")
+            finally:
+                set_fault(fault, "ok")
+            rs = [held.result(), *(f.result() for f in rest)]
             codes = [r.status_code for r in rs]
-            assert 503 in codes and 200 in codes, codes
+            assert set(codes) == {200, 503} and codes.count(503) >= 5, codes
             shed = next(r for r in rs if r.status_code == 503)
             assert shed.json()["error"]["code"] == "queue_full" and int(shed.headers["Retry-After"]) >= 1
 
@@ -262,30 +308,40 @@ def test_queue_full_and_deadline(model_repo: Path, tmp_path: Path, photos: dict[
 
 def test_readiness_waits_for_warmup_and_sigterm_drains(model_repo: Path, tmp_path: Path,
                                                        photos: dict[str, bytes]) -> None:
-    # Warming up batch sizes 1..32 of resnet18 takes seconds: readiness must say 503 meanwhile.
+    # The load stalls until the fault file changes (slow_load): readiness must say 503 meanwhile.
+    fault = tmp_path / "fault"
+    set_fault(fault, "slow_load:600")
     s = start_server(model_repo, tmp_path, "--max-batch-size", "32", "--shutdown-delay-s", "1.5",
-                     wait_ready=False)
+                     "--fault-file", str(fault), wait_ready=False)
     try:
-        r = httpx.get(f"{s.url}/health/ready")
+        r = httpx.get(f"{s.url}/health/ready", timeout=30)
         assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
-        assert httpx.get(f"{s.url}/health/live").status_code == 200
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{s.url}/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        assert httpx.get(f"{s.url}/health/live", timeout=30).status_code == 200
+        set_fault(fault, "ok")  # the load goes on
+        wait_for(lambda: httpx.get(f"{s.url}/health/ready", timeout=30).status_code == 200, "ready")
         with httpx.Client(base_url=s.url, timeout=60) as c, ThreadPoolExecutor(8) as pool:
-            inflight = [pool.submit(post_raw, c, photos["coffee.jpg"] + bytes([i])) for i in range(8)]
-            time.sleep(0.05)
-            s.proc.send_signal(15)
-            time.sleep(0.3)
-            r = c.get("/health/ready")
-            assert r.status_code == 503 and "shutting down" in r.text
+            set_fault(fault, "hang")  # the 8 requests stay in flight until the drain has been seen
+            inflight: list[Future[httpx.Response]] = []
+            try:
+                inflight = [pool.submit(post_raw, c, photos["coffee.jpg"] + bytes([i])) for i in range(8)]
+                wait_for(lambda: inflight_gauge(c) >= 9, "8 requests in flight (and this /metrics)")
+                s.proc.send_signal(15)
+                seen: list[httpx.Response] = []
+                wait_for(lambda: seen.append(c.get("/health/ready")) or seen[-1].status_code == 503,
+                         "readiness 503 after SIGTERM", 30)  # the listener stays open for the 1.5 s delay
+                assert "shutting down" in seen[-1].text, seen[-1].text
+            finally:
+                set_fault(fault, "ok")
             assert [f.result().status_code for f in inflight] == [200] * 8
         # uvicorn re-raises the captured SIGTERM once it has shut down cleanly
         assert s.proc.wait(60) in (0, -15)
         assert "Application shutdown complete" in s.logs()
     finally:
         s.stop()
+
+
+def inflight_gauge(c: httpx.Client) -> float:
+    return metric(c.get("/metrics").text, "inference_inflight_requests")
 
 
 def test_request_input_does_not_mint_metric_labels(server: Server, photos: dict[str, bytes]) -> None:

@@ -1,6 +1,11 @@
 """Faults in production, injected: runtime errors, hangs, garbage logits, corrupt model files, reloads
 under traffic. Unit tests of the output checks and the batcher's watchdog, then real servers on loopback
-driven by ``--fault-file`` (service/runtimes/faults.py)."""
+driven by ``--fault-file`` (service/runtimes/faults.py).
+
+Nothing waits a fixed time for something else to happen: a test waits for the event (a runtime held at
+its gate, a log line, a gauge) with a deadline far beyond what a busy machine needs, and "fast" means
+"before the hung work could have finished", never a wall-clock bound.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ from service.errors import ModelNotReady, RuntimeHung
 from service.guards import BadOutput, check_rows, checked
 from service.runtimes.faults import FaultSwitch, FaultyRuntime
 from tests.service.conftest import Server, start_server
+
+#: the deadline for something that takes milliseconds to a second: a failure, not a hang, if it never happens
+DEADLINE_S = 30.0
 
 # -- output checks -------------------------------------------------------------------------------
 
@@ -61,15 +69,18 @@ def test_checked_counts_items_that_failed_alone() -> None:
 
 
 class Gate:
-    """A fake instance that hangs while its gate is closed, else returns row i = [input]."""
+    """A fake instance that hangs while its gate is closed (``returned`` is set once it is through),
+    else returns row i = [input]."""
 
     def __init__(self, hang: bool) -> None:
         self.open = threading.Event()
+        self.returned = threading.Event()
         if not hang:
             self.open.set()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        self.open.wait(10)
+        self.open.wait(4 * DEADLINE_S)
+        self.returned.set()
         return batch.reshape(batch.shape[0], -1)
 
 
@@ -88,20 +99,18 @@ async def test_watchdog_retires_a_hung_instance_and_fails_fast() -> None:
         first = b.submit(one(1), None)
         queued = b.submit(one(2), None)  # behind the hung batch: fails too, never waits forever
         with pytest.raises(RuntimeHung) as e:
-            await first[0]
-        assert 0.15 < time.monotonic() - t0 < 2
+            await asyncio.wait_for(first[0], DEADLINE_S)
+        assert time.monotonic() - t0 > 0.15  # at the watchdog, not before
+        assert not hung.returned.is_set()  # failed while the batch is still stuck, not when it came back
         assert e.value.status == 503 and e.value.code == "runtime_unhealthy" and "Retry-After" in e.value.headers
         with pytest.raises(ModelNotReady):
-            await asyncio.wait_for(queued[0], 2)
+            await asyncio.wait_for(queued[0], DEADLINE_S)
         assert len(reasons) == 1 and "hung" in reasons[0] and "0 of 1 instances left" in reasons[0]
         assert b.retired == {0}
-        t0 = time.monotonic()
-        with pytest.raises(ModelNotReady, match="hung"):  # admission refuses at once
-            await b.run(one(3), None)
-        assert time.monotonic() - t0 < 0.1
-        t0 = time.monotonic()
-        await b.drain_and_stop()  # does not join the stuck thread
-        assert time.monotonic() - t0 < 1
+        with pytest.raises(ModelNotReady, match="hung"):  # admission refuses at once: submit itself raises
+            b.submit(one(3), None)
+        await asyncio.wait_for(b.drain_and_stop(), DEADLINE_S)
+        assert not hung.returned.is_set()  # drained without joining the stuck thread
     finally:
         hung.open.set()
 
@@ -109,11 +118,13 @@ async def test_watchdog_retires_a_hung_instance_and_fails_fast() -> None:
 async def test_watchdog_keeps_the_healthy_instances_serving() -> None:
     hung, healthy = Gate(hang=True), Gate(hang=False)
     reasons: list[str] = []
+    # the watchdog well above what a healthy batch of one takes on a busy machine, which must never trip it
     b = Batcher("fake", [stacked(hung.infer), stacked(healthy.infer)],
-                BatcherConfig(max_batch_size=1, max_queue_delay_s=0), watchdog_s=0.2, on_unhealthy=reasons.append)
+                BatcherConfig(max_batch_size=1, max_queue_delay_s=0), watchdog_s=1.0, on_unhealthy=reasons.append)
     b.start()
     try:
-        outs = await asyncio.gather(*(b.run(one(i), None) for i in range(6)), return_exceptions=True)
+        outs = await asyncio.wait_for(
+            asyncio.gather(*(b.run(one(i), None) for i in range(6)), return_exceptions=True), DEADLINE_S)
         hung_errors = [o for o in outs if isinstance(o, RuntimeHung)]
         assert len(hung_errors) == 1, outs  # only the batch on the hung instance fails
         for i, o in enumerate(outs):  # every other request got its own row from the healthy instance
@@ -127,10 +138,10 @@ async def test_watchdog_keeps_the_healthy_instances_serving() -> None:
 
 async def test_watchdog_off_and_slow_batches_under_it_are_fine() -> None:
     slow = Gate(hang=True)
-    threading.Timer(0.3, slow.open.set).start()
+    threading.Timer(0.3, slow.open.set).start()  # the slow batch under test: 0.3 s
     b = Batcher("fake", stacked(slow.infer), BatcherConfig(max_batch_size=1), watchdog_s=0)
     b.start()
-    assert float((await b.run(one(4), None))[0][0][0]) == 4.0
+    assert float((await asyncio.wait_for(b.run(one(4), None), DEADLINE_S))[0][0][0]) == 4.0
     await b.drain_and_stop()
 
 
@@ -177,10 +188,19 @@ def test_fault_switch_modes(tmp_path: Path) -> None:
     assert rt.infer(x).shape == (2, 3)
     assert not hasattr(rt, "infer_tensor")  # the wrapper offers only what the runtime has
     set_mode(path, "hang")
-    threading.Timer(0.3, set_mode, (path, "ok")).start()
-    t0 = time.monotonic()
-    assert rt.infer(x).shape == (2, 3)  # hangs until the file changes
-    assert 0.25 < time.monotonic() - t0 < 3
+    out: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: out.append(rt.infer(x)), daemon=True)
+    worker.start()
+    hang_key = os.stat(path)
+    deadline = time.monotonic() + DEADLINE_S
+    while rt.switch.key() != (hang_key.st_mtime_ns, hang_key.st_size, hang_key.st_ino):  # "hang" taken
+        assert time.monotonic() < deadline, "the batch never read the hang mode"
+        time.sleep(0.01)
+    worker.join(0.2)
+    assert worker.is_alive() and not out  # hangs while the file stays as it is
+    set_mode(path, "ok")
+    worker.join(DEADLINE_S)  # ... and returns once it changes (the switch polls every 50 ms)
+    assert not worker.is_alive() and out[0].shape == (2, 3)
 
 
 # -- real servers --------------------------------------------------------------------------------
@@ -199,6 +219,14 @@ def copy_model(src_repo: Path, repo: Path, name: str, src: str = "resnet18") -> 
 def post(c: httpx.Client, data: bytes, model: str = "resnet18", **kw: Any) -> httpx.Response:
     return c.post("/classify", content=data, headers={"Content-Type": "image/jpeg"},
                   params={"model": model, "top_k": 1}, **kw)
+
+
+def wait_for(condition: Any, what: str, timeout: float = 120) -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.02)
 
 
 def wait_started(s: Server, names: list[str]) -> None:
@@ -226,7 +254,9 @@ def faulty(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (broken / "1" / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 100)
     fault = tmp / "fault"
     set_mode(fault, "ok")
-    s = start_server(repo, tmp, "--fault-file", str(fault), "--max-batch-size", "2", wait_ready=False)
+    # a body held open across a reload must not meet the minimum body rate (its grace outlasts any reload)
+    s = start_server(repo, tmp, "--fault-file", str(fault), "--max-batch-size", "2", "--body-timeout-s", "600",
+                     wait_ready=False)
     try:
         wait_started(s, ["resnet18", "second"])
         yield s, fault
@@ -310,22 +340,24 @@ def test_reload_and_unload_under_continuous_traffic(faulty: tuple[Server, Path],
         w.start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
-            time.sleep(0.3)
+            wait_for(lambda: len(statuses) >= 4, "traffic under way")  # both clients are sending
+            started = len(statuses)
             for _ in range(3):
                 assert c.post("/models/resnet18/load").status_code == 200
-            during_a = len(statuses)
+            during_a = len(statuses) - started
             assert c.post("/models/second/unload").status_code == 200
             assert post(c, photos["coffee.jpg"], model="second").status_code == 503
             assert c.post("/models/second/load").status_code == 200
             assert post(c, photos["coffee.jpg"], model="second").status_code == 200
-            time.sleep(0.2)
+            reloaded = len(statuses)
+            wait_for(lambda: len(statuses) >= reloaded + 4, "traffic after the reloads")
     finally:
         stop.set()
         for w in workers:
             w.join()
-    print(f"reload under traffic: {len(statuses)} requests ({during_a} during 3 reloads of resnet18), "
+    print(f"reload under traffic: {len(statuses)} requests ({during_a} answered during 3 reloads of resnet18), "
           f"{len(failures)} non-2xx")
-    assert during_a > 10 and len(statuses) > during_a
+    # how many requests a reload overlaps is the machine's speed; traffic before, during and after is the design
     assert failures == [], f"{len(failures)} of {len(statuses)} requests failed: {failures}"
 
 
@@ -340,19 +372,18 @@ def test_hung_runtime_is_declared_unhealthy_then_reload_recovers(model_repo: Pat
         with httpx.Client(base_url=s.url, timeout=60) as c:
             set_mode(fault, "hang")
             t0 = time.monotonic()
-            r = post(c, photos["coffee.jpg"])
+            # the hang lasts until the file changes (up to 10 min): an answer at all is the watchdog's
+            r = post(c, photos["coffee.jpg"], timeout=DEADLINE_S)
             took = time.monotonic() - t0
             assert r.status_code == 503 and r.json()["error"]["code"] == "runtime_unhealthy", r.text
             assert "Retry-After" in r.headers
-            assert 0.9 < took < 5, f"failed after {took:.1f} s, not at the 1 s watchdog"
+            assert took > 0.9, f"failed after {took:.1f} s, before the 1 s watchdog"
             ready = c.get("/health/ready")
             assert ready.status_code == 503
             msg = ready.json()["error"]["message"]
             assert msg.startswith("resnet18: unhealthy") and "watchdog" in msg, msg
-            t0 = time.monotonic()
-            r = post(c, photos["coffee.jpg"])  # no instance left: refused at once
+            r = post(c, photos["coffee.jpg"], timeout=DEADLINE_S)  # no instance left: refused, never queued
             assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
-            assert time.monotonic() - t0 < 1
             assert c.get("/models/resnet18").json()["state"].startswith("unhealthy")
 
             set_mode(fault, "ok")
@@ -365,24 +396,33 @@ def test_hung_runtime_is_declared_unhealthy_then_reload_recovers(model_repo: Pat
         s.stop()
 
 
+def inflight(c: httpx.Client) -> float:
+    """The server's in-flight requests gauge (the /metrics request that reads it included)."""
+    found = re.findall(r"^inference_inflight_requests(?:\{[^}]*\})? (\S+)$", c.get("/metrics").text, re.M)
+    return sum(float(v) for v in found)
+
+
 def test_request_whose_body_spans_a_reload_is_served(faulty: tuple[Server, Path], photos: dict[str, bytes]) -> None:
-    """The race behind rare non-2xx in the reload test above, made deterministic with a slow body."""
+    """The race behind rare non-2xx in the reload test above, made deterministic with a slow body: the
+    handler has started (and picked the model instance) before the reload, the body ends after it."""
     server = faulty[0]
-    sent = threading.Event()
+    reloaded = threading.Event()
     data = photos["coffee.jpg"]
 
     def slow_body() -> Iterator[bytes]:
         yield data[:100]
-        sent.set()
-        time.sleep(1.0)  # the reload happens now
+        assert reloaded.wait(DEADLINE_S), "the reload never finished"  # the reload happens now
         yield data[100:]
 
     result: list[httpx.Response] = []
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=60) as c, httpx.Client(base_url=server.url, timeout=60) as admin:
         t = threading.Thread(target=lambda: result.append(post(c, slow_body())))  # type: ignore[arg-type]
         t.start()
-        assert sent.wait(10)
-        time.sleep(0.2)
-        assert c.post("/models/resnet18/load").status_code == 200
-        t.join()
-    assert result[0].status_code == 200, result[0].text
+        try:
+            # the handler is running once the gauge counts it beside this /metrics request
+            wait_for(lambda: inflight(admin) >= 2, "the slow request in the handler", DEADLINE_S)
+            assert admin.post("/models/resnet18/load").status_code == 200
+        finally:
+            reloaded.set()
+            t.join(DEADLINE_S)
+    assert result and result[0].status_code == 200, result[0].text if result else "no answer"
