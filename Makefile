@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
+.PHONY: serve test test-fast bench bench-overload locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -36,12 +36,23 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest -ra
 
+# Development: the unit tier only (no server started, no model exported; under a minute).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration" -p no:cacheprovider
+
 # Benchmark: engine limit vs service vs naive server (loadtest/README.md). Needs Debian's wrk.
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	$(PY) -m loadtest.bench --repo $(REPO) $(BENCH_ARGS)
+
+# Load shedding and per-key rate limits timed as ratios within one run (loadtest/README.md; ~30 s).
+OVERLOAD_MODEL ?= resnet18
+bench-overload: $(STAMP)
+	@if [ ! -f $(REPO)/$(OVERLOAD_MODEL)/config.pbtxt ]; then \
+	  $(PY) -m export --arch $(OVERLOAD_MODEL) --weights random --repo $(REPO); fi
+	$(PY) -m loadtest.overload --repo $(REPO) --model $(OVERLOAD_MODEL)
 
 # A bounded, realistic locust run against a service already started with `make serve`.
 locust: $(STAMP)

@@ -1,4 +1,11 @@
-"""Fixtures shared by the service, v2 and loadtest tests: real photos and a real exported model."""
+"""Fixtures shared by the service, v2 and loadtest tests: real photos and a real exported model.
+
+Two tiers: ``make test`` runs everything; ``make test-fast`` only the tests that start no server and
+export no model (``-m "not slow and not integration"``, under a minute). A test is marked
+``integration`` here when it asks, directly or through another fixture, for one that exports a model
+(``INTEGRATION_FIXTURES``), so nobody has to remember the mark. Imports stay inside the fixtures: a
+unit test pays for Pillow or scikit-image only when it uses them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,20 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from skimage import data as skdata
+
+#: fixtures that export a model (and so every server fixture built on them): their tests are integration tests
+INTEGRATION_FIXTURES = frozenset({"model_repo", "exports", "photo_classifier"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def jpeg_bytes(arr: object, quality: int = 90) -> bytes:
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=quality)  # type: ignore[arg-type]
     return buf.getvalue()
@@ -18,6 +34,8 @@ def jpeg_bytes(arr: object, quality: int = 90) -> bytes:
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
+    from skimage import data as skdata
+
     return {
         "chelsea.jpg": jpeg_bytes(skdata.chelsea()),
         "coffee.jpg": jpeg_bytes(skdata.coffee()),

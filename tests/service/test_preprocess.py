@@ -31,6 +31,9 @@ TRANSPOSE = {
 #: ... and the one that undoes it (to store an upright photo under a given orientation)
 UNDO = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
 
+#: native-size photos in the unit tier; 4x-size ones (DCT-scaled decode paths, seconds each) in `make test`
+SCALES = [pytest.param(1, id="native"), pytest.param(4, id="large4x", marks=pytest.mark.slow)]
+
 
 def jpeg(arr: np.ndarray, quality: int = 90, **kw: object) -> bytes:
     buf = io.BytesIO()
@@ -87,7 +90,7 @@ def assert_parity(ours_np: np.ndarray, ref: torch.Tensor, model: torch.nn.Module
 
 @pytest.mark.parametrize("pp", [IMAGENET, INCEPTION], ids=["224", "inception299"])
 @pytest.mark.parametrize("name", list(PHOTOS))
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_matches_torchvision_reference(name: str, pp: Preprocess, scale: int, model: torch.nn.Module) -> None:
     data = jpeg(photo(name, scale))
     ours = preprocess(data, pp, max_pixels=10**9)
@@ -116,7 +119,7 @@ def _exif(orientation: int) -> bytes:
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_exif_orientation_matches_torchvision_on_the_upright_image(
     orientation: int, scale: int, model: torch.nn.Module
 ) -> None:
@@ -162,7 +165,7 @@ def test_orientation_source_and_precedence_match_exif_transpose(kw: dict[str, by
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_preprocess_never_turns_or_copies_the_whole_image(
     orientation: int, scale: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -189,7 +192,7 @@ def test_preprocess_pil_agrees_with_preprocess(orientation: int) -> None:
         assert np.abs(ours - pil).mean() < 0.005
 
 
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_grayscale_jpeg(scale: int) -> None:
     gray = np.asarray(Image.fromarray(photo("coffee", scale)).convert("L"))
     data = jpeg(gray)
@@ -197,7 +200,7 @@ def test_grayscale_jpeg(scale: int) -> None:
     assert_parity(preprocess(data, IMAGENET, 10**9), reference(data, IMAGENET))
 
 
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_progressive_jpeg(scale: int, model: torch.nn.Module) -> None:
     data = jpeg(photo("astronaut", scale), progressive=True)
     assert Image.open(io.BytesIO(data)).info.get("progressive")
@@ -231,7 +234,7 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 def test_exif_orientation_is_applied(scale: int) -> None:
     arr = photo("chelsea", scale)  # landscape
     data = jpeg(arr, exif=_exif(6))  # rotate 90° clockwise to display
@@ -282,7 +285,7 @@ def test_bad_inputs() -> None:
         preprocess(b"\xff\xd8\xff" + b"x" * 100, IMAGENET, max_pixels=10**9)  # JPEG magic only
 
 
-@pytest.mark.parametrize("scale", [1, 4], ids=["native", "large4x"])
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
 def test_truncated_jpeg_is_bad_image(scale: int, progressive: bool) -> None:
     data = jpeg(photo("chelsea", scale), progressive=progressive)

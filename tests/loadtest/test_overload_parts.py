@@ -1,0 +1,49 @@
+"""The overload benchmark's pure parts (loadtest/overload.py): ratio checks and the table, on made-up runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtest.overload import checks, format_result, pct
+
+
+def _phase(status: int, p50: float, p99: float, other: float = 0.0) -> dict[str, Any]:
+    return {"ok": {"status": status, "n": 100, "p50_ms": p50, "p99_ms": p99},
+            "cpu": {"server_cores": 1.0, "client_cores": 0.3, "other_cores": other}, "codes": {"200": 100}}
+
+
+def _run(shed_p99: float, after_p50: float, calm_during_p50: float, other: float = 0.0) -> dict[str, Any]:
+    burst = {"shed": {"status": 503, "n": 50, "p50_ms": 2.0, "p99_ms": shed_p99},
+             "ok": {"status": 200, "n": 80, "p50_ms": 40.0, "p99_ms": 300.0},
+             "cpu": {"server_cores": 1.0, "client_cores": 0.5, "other_cores": other},
+             "codes": {"200": 80, "503": 50}, "retry_after": 50}
+    return {
+        "overload": {"before": _phase(200, 15.0, 20.0), "burst": burst, "after": _phase(200, after_p50, 22.0),
+                     "offered_rps": 390.0, "capacity_rps": 130.0, "rss_mib": [260.0, 300.0]},
+        "rate_limit": {"alone": _phase(200, 10.0, 12.0), "during": _phase(200, calm_during_p50, 15.0),
+                       "flood": {"limited": {"status": 429, "n": 900, "p50_ms": 1.0, "p99_ms": 3.0},
+                                 "codes": {"429": 900}}, "flood_rps": 200.0},
+    }
+
+
+def test_checks_are_ratios_against_the_same_runs_baselines() -> None:
+    good = checks(_run(shed_p99=30.0, after_p50=16.0, calm_during_p50=12.0))
+    assert {k: c["pass"] for k, c in good.items()} == {"shed": True, "recovery": True, "isolation": True}
+    assert good["shed"]["ratio"] == 30.0 / 20.0
+    bad = checks(_run(shed_p99=50.0, after_p50=30.0, calm_during_p50=25.0))
+    assert {k: c["pass"] for k, c in bad.items()} == {"shed": False, "recovery": False, "isolation": False}
+
+
+def test_table_shows_every_phase_each_check_and_warns_when_the_machine_was_busy() -> None:
+    result = _run(shed_p99=30.0, after_p50=16.0, calm_during_p50=12.0)
+    result["checks"] = checks(result)
+    table = format_result(result)
+    assert "overload: before" in table and "rate limit: calm key during the flood" in table
+    assert table.count("PASS") == 3 and "WARNING" not in table
+    noisy = _run(shed_p99=30.0, after_p50=16.0, calm_during_p50=12.0, other=0.9)
+    assert "WARNING" in format_result(noisy)
+
+
+def test_percentile_of_few_values() -> None:
+    assert pct([5.0], 99) == 5.0
+    assert pct(list(map(float, range(1, 101))), 50) == 50.5
