@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export import random_init
 from export.checkpoints import read_checkpoint
 from export.errors import ExportError, UsageError
 from service.repository import Preprocess, sha256_file
@@ -205,6 +206,7 @@ class LoadedModel:
     labels: list[str]
     weights: str  # provenance: tag, sha256:<hex>, or "random"
     transform_input: bool | None = None
+    random_init: str | None = None  # provenance of random weights: how they were made trained-like
 
     @property
     def num_classes(self) -> int:
@@ -293,7 +295,10 @@ def _random(spec: ArchSpec, labels: list[str] | None, transform_input: bool | No
     tfi = _tf_input(spec, transform_input, False)
     torch.manual_seed(0)
     model = build_model(spec, n, bool(tfi))
-    return LoadedModel(model, spec, spec.preprocess, labels or imagenet_categories(), RANDOM, tfi)
+    # BatchNorm statistics and logit scale of a trained model: logits of a few units, not up to 1e8
+    classifier = model.get_submodule(classifier_key(model, spec).removesuffix(".weight"))
+    init = random_init.trained_like(model, classifier, spec.preprocess)
+    return LoadedModel(model, spec, spec.preprocess, labels or imagenet_categories(), RANDOM, tfi, init.describe())
 
 
 def _from_checkpoint(

@@ -184,6 +184,8 @@ def base_params(loaded: LoadedModel, opts: ExportOptions, precision: str) -> dic
     )
     if loaded.transform_input is not None:
         params["model.transform_input"] = str(loaded.transform_input).lower()
+    if loaded.random_init is not None:
+        params["source.random_init"] = loaded.random_init
     return params
 
 
