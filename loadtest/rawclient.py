@@ -38,14 +38,22 @@ def build(method: str, path: str, host: str, headers: dict[str, str], body: byte
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+#: an idle keep-alive connection is reused only this long: well under the server's keep-alive timeout
+#: (uvicorn's 5 s), so a request never races the server closing the connection it was written to
+IDLE_REUSE_S = 2.0
+
+
 class Connection:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     async def send(self, request: bytes) -> Answer:
         t0 = time.monotonic()
+        if self.reader is not None and (self.reader.at_eof() or t0 - self.last_used > IDLE_REUSE_S):
+            self.close()  # closed by the server, or about to be: a new connection instead
         try:
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -61,7 +69,8 @@ class Connection:
             await self.reader.readexactly(int(headers.get("content-length", "0")))
             if headers.get("connection", "").lower() == "close":
                 self.close()
-            return Answer(t0, time.monotonic(), int(status_line.split()[1]), headers)
+            self.last_used = time.monotonic()
+            return Answer(t0, self.last_used, int(status_line.split()[1]), headers)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             self.close()
             return Answer(t0, time.monotonic(), None, {}, type(e).__name__)
