@@ -95,7 +95,10 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared, chunked = _body_headers(scope)
+        if not declared and not chunked:  # no body on its way (GET, /metrics, probes): nothing to guard
+            await self.app(scope, receive, send)
+            return
         held = 0
         if 0 < declared <= self.max_body:
             if not self.budget.take(declared):
@@ -158,8 +161,12 @@ class BodyGuard:
                      (time.perf_counter() - t0) * 1e3)
 
 
-def _content_length(scope: Scope) -> int:
+def _body_headers(scope: Scope) -> tuple[int, bool]:
+    """(Content-Length, whether Transfer-Encoding is set): the body the request announces."""
+    length, chunked = 0, False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+            length = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked

@@ -32,7 +32,8 @@ def test_guard_caps_one_address_and_the_total_and_forgets_closed_clients() -> No
 
 
 def _scope(content_length: int | None = None) -> dict[str, Any]:
-    headers = [] if content_length is None else [(b"content-length", str(content_length).encode())]
+    headers = ([(b"transfer-encoding", b"chunked")] if content_length is None
+               else [(b"content-length", str(content_length).encode())])
     return {"type": "http", "method": "POST", "path": "/classify", "headers": headers}
 
 
@@ -105,6 +106,20 @@ async def test_budget_is_held_while_the_request_runs_and_released_after() -> Non
     assert seen == [400] and budget.in_use == 0 and budget.peak == 400
 
 
+async def test_a_request_without_a_body_passes_straight_through() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert receive is marker  # not wrapped: no deadline, no reservation
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    async def marker() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent = _Sent()
+    scope = {"type": "http", "method": "GET", "path": "/health/ready", "headers": []}
+    await BodyGuard(app, BodyBudget(limit=1), min_rate=1, grace_s=0, max_body=1)(scope, marker, sent)
+    assert sent.status == 204
+
+
 async def test_a_declared_length_over_the_upload_limit_is_left_to_the_route() -> None:
     """Content-Length: 10**18 is the route's 413 (a client error), not the budget's 503."""
     budget = BodyBudget(limit=1000)
@@ -147,7 +162,7 @@ async def test_after_the_body_receive_waits_for_a_disconnect_without_a_deadline(
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    messages = [{"type": "http.request", "body": b"abc", "more_body": False}]
 
     async def receive() -> dict[str, Any]:
         if messages:
@@ -157,5 +172,5 @@ async def test_after_the_body_receive_waits_for_a_disconnect_without_a_deadline(
 
     sent = _Sent()
     guard = BodyGuard(app, BodyBudget(limit=100), min_rate=1, grace_s=0.01, max_body=100)
-    await guard(_scope(0), receive, sent)
+    await guard(_scope(3), receive, sent)
     assert sent.status == 204
