@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import error_response
 from service.errors import RequestTimeout, ServiceBusy
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,6 @@ class BodyGuard:
         held = 0
         if 0 < declared <= self.max_body:
             if not self.budget.take(declared):
-                from service.api.errors import error_response  # the one error shape
-
                 exc = self._busy(declared)
                 await error_response(exc.status, exc.code, exc.message, exc.headers)(scope, receive, send)
                 return

@@ -5,8 +5,8 @@ One Python process parses a few thousand HTTP requests a second, while a GPU cla
 thousands of images; the GPU check measures one process against several (README, "GPU"). Workers are
 spawned (never forked: CUDA does not survive a fork), their metrics merge through
 prometheus_client's multiprocess mode, and the supervisor forwards SIGTERM/SIGINT (each worker
-drains), restarts a worker that dies (at most once per ``RESTART_BACKOFF_S``) and removes the
-metrics folder at exit.
+drains) and SIGHUP (each re-reads its API keys file), restarts a worker that dies (at most once per
+``RESTART_BACKOFF_S``) and removes the metrics folder at exit.
 """
 
 from __future__ import annotations
@@ -82,8 +82,16 @@ def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, sig)
 
+    def forward_hup(sig: int, frame: FrameType | None) -> None:
+        # each worker re-reads its API keys file; the supervisor itself would otherwise die of SIGHUP
+        for p in workers:
+            if p.is_alive() and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    signal.signal(signal.SIGHUP, forward_hup)
     try:
         for slot in range(n):
             spawn(slot)

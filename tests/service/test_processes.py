@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -85,3 +86,23 @@ def test_connections_are_refused_or_answered_while_models_load(
         assert httpx.get(f"{srv.url}/health/ready", timeout=5).status_code == 200, srv.logs()
     finally:
         srv.stop()
+
+
+def test_sighup_reaches_every_worker_and_the_supervisor_survives(model_repo: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("alice:old-key-0123456789\n")
+    srv = start_server(model_repo, tmp_path, "--processes", "2", "--api-keys-file", str(keys))
+    try:
+        deadline = time.monotonic() + 60
+        while srv.logs().count("startup complete: ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while srv.logs().count("SIGHUP: reloading API keys") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert srv.logs().count("SIGHUP: reloading API keys") == 2, srv.logs()
+        assert srv.proc.poll() is None, "the supervisor died of SIGHUP"
+        r = httpx.get(f"{srv.url}/models", headers={"X-API-Key": "old-key-0123456789"}, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        assert srv.stop() == 0
