@@ -41,6 +41,8 @@ def build(method: str, path: str, host: str, headers: dict[str, str], body: byte
 #: an idle keep-alive connection is reused only this long: well under the server's keep-alive timeout
 #: (uvicorn's 5 s), so a request never races the server closing the connection it was written to
 IDLE_REUSE_S = 2.0
+#: the error of a request whose connection closed before any byte of an answer came back
+CLOSED_BEFORE_ANSWER = "ClosedBeforeAnswer"
 
 
 class Connection:
@@ -54,12 +56,14 @@ class Connection:
         t0 = time.monotonic()
         if self.reader is not None and (self.reader.at_eof() or t0 - self.last_used > IDLE_REUSE_S):
             self.close()  # closed by the server, or about to be: a new connection instead
+        got_head = False
         try:
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             assert self.reader is not None
             self.writer.write(request)
             head = await self.reader.readuntil(b"\r\n\r\n")
+            got_head = True
             status_line, *header_lines = head.decode("latin-1").split("\r\n")
             headers = {}
             for line in header_lines:
@@ -73,7 +77,12 @@ class Connection:
             return Answer(t0, self.last_used, int(status_line.split()[1]), headers)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             self.close()
-            return Answer(t0, time.monotonic(), None, {}, type(e).__name__)
+            error = type(e).__name__
+            if isinstance(e, asyncio.IncompleteReadError) and not got_head and not e.partial:
+                # closed with not one byte of an answer: the server never started this request (a drain
+                # closing a connection it had just accepted, or an idle one), so a client may retry it
+                error = CLOSED_BEFORE_ANSWER
+            return Answer(t0, time.monotonic(), None, {}, error)
 
     def close(self) -> None:
         if self.writer is not None:
