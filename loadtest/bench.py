@@ -213,15 +213,6 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def write_results(out: Path, result: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    text = json.dumps(result, indent=2)
-    path.write_text(text)
-    (out / "latest.json").write_text(text)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot is not None:
@@ -263,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.format_model(name, m), flush=True)
     result["environment"]["loadavg_end"] = os.getloadavg()
     print("\n" + report.format_summary(result["models"]))
-    path = write_results(args.out, result)
+    path = report.write_results(args.out, result, "bench", "latest.json")
     print(f"\nresults: {path} (and {path.with_name('latest.json')})")
     ok = all(c.get("pass", True) for m in result["models"].values() for c in m["checks"].values())
     return 0 if ok else 1

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import resource
@@ -47,7 +46,7 @@ from urllib.parse import urlsplit
 from loadtest.images import sample_jpegs
 from loadtest.procs import free_port, machine_busy_s, proc_cpu_s, running, service_argv
 from loadtest.rawclient import Answer, build, closed_loop, open_loop, run
-from loadtest.report import NOISE_WARN
+from loadtest.report import NOISE_WARN, write_results
 
 RESULTS = Path(__file__).with_name("results")
 #: 503 p99 under overload / 200 p99 unloaded (c=2). Issue 10's bound was an absolute 50 ms, about twice a served
@@ -262,15 +261,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def write_results(out: Path, result: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"overload-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    text = json.dumps(result, indent=2)
-    path.write_text(text)
-    (out / "overload-latest.json").write_text(text)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from loadtest.bench import cpu_info
@@ -302,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     result["environment"]["loadavg_end"] = os.getloadavg()
     result["checks"] = checks(result)
     print(format_result(result))
-    path = write_results(args.out, result)
+    path = write_results(args.out, result, "overload", "overload-latest.json")
     print(f"\nresults: {path} (and {path.with_name('overload-latest.json')})")
     return 0 if all(c["pass"] for c in result["checks"].values()) else 1
 

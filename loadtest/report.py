@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 LATENCY_SLACK_MS = 2.0
@@ -154,3 +157,13 @@ def format_summary(models: dict[str, dict[str, Any]]) -> str:
             f"{(str(round(b['speedup'], 2)) + 'x') if b else '-':>10}  {'PASS' if ok and (t or la) else 'FAIL'}"
         )
     return "\n".join(lines)
+
+
+def write_results(out: Path, result: dict[str, Any], stem: str, latest: str) -> Path:
+    """``result`` as ``out/<stem>-<timestamp>.json`` and as ``out/<latest>``; the timestamped path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    text = json.dumps(result, indent=2)
+    path.write_text(text)
+    (out / latest).write_text(text)
+    return path
