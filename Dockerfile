@@ -36,6 +36,7 @@ RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > requirements.txt \
  && pip install -q -c constraints.txt -r requirements.txt
+COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest
@@ -71,6 +72,7 @@ RUN --mount=type=secret,id=ca,required=false \
  && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['export']))" > requirements.txt \
  && pip install -q -c constraints.txt -r requirements.txt \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest
@@ -98,6 +100,7 @@ RUN apt-get update -qq \
  && mkdir -p /models && chown imgserve:imgserve /models
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
+COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest

@@ -32,7 +32,7 @@ serve: model
 	$(PY) -m service --model-repo $(REPO) --default-model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m ruff check service export tests loadtest deploy
+	$(PY) -m ruff check service export tests loadtest deploy modelrepo
 	$(PY) -m mypy
 	$(PY) -m pytest -ra
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from export.errors import ExportError
 from export.models import ARCHS, default_model_name, list_archs
 from export.onnx_export import MIN_OPSET
-from export.pipeline import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions, run_export
+from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
+from export.pipeline import run_export
 from export.repo_writer import DEFAULT_PREFERRED
+from modelrepo.errors import RepositoryError
 
 logger = logging.getLogger("export")
 
@@ -113,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except RepositoryError as e:  # the repository format's own errors (e.g. TensorRT missing, a bad config)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:  # e.g. --repo is a file, or the disk is full: the staging area is already gone
         print(f"error: {e}", file=sys.stderr)
         return 1

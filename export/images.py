@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from export.errors import ExportError
-from service.preprocess import preprocess_pil
-from service.repository import Preprocess
+from modelrepo.preprocess import Preprocess
+from service.engine.preprocess import preprocess_pil
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from torch import nn
 from export import random_init
 from export.checkpoints import read_checkpoint
 from export.errors import ExportError, UsageError
-from service.repository import Preprocess, sha256_file
+from modelrepo.config import sha256_file
+from modelrepo.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from modelrepo.config import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 MIN_OPSET = 17
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from export import images
-from export.onnx_export import INPUT_NAME, OUTPUT_NAME
-from service.repository import Preprocess
+from modelrepo.config import INPUT_NAME, OUTPUT_NAME
+from modelrepo.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
 

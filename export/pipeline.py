@@ -16,8 +16,8 @@ from export import bf16, images
 from export.errors import ExportError, UsageError
 from export.models import RANDOM, LoadedModel, default_model_name, load_model
 from export.onnx_export import MIN_OPSET, convert_fp16, export_onnx
+from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
 from export.parity import (
-    FP32_ATOL,
     ParityReport,
     Reference,
     check_parity,
@@ -37,43 +37,11 @@ from export.repo_writer import (
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-FORMATS = ("onnx", "openvino", "pytorch")
-# ort-qdq: ONNX Runtime QDQ ONNX (served by ONNX Runtime or OpenVINO); nncf: NNCF-quantized OpenVINO IR.
-# OpenVINO runs both equally fast (resnet50, 2-core Zen 5 with AVX-512 VNNI, 2 threads: 202 vs 204 img/s at
-# batch 1, 221 vs 220 at batch 8), so the default is the QDQ ONNX model, which both runtimes can serve.
-INT8_METHODS = ("ort-qdq", "nncf")
-DEFAULT_INT8_METHOD = "ort-qdq"
 MIN_AGREEMENT = {"int8": 0.98, "fp16": 0.99}
 PARITY_PHOTOS = 4  # real photos in the parity batch
 FORMAT_PARAM = {"onnxruntime_onnx": "onnx", "tensorrt_plan": "tensorrt-plan", "openvino": "openvino-ir",
                 "pytorch_libtorch": "torchscript"}
 ConfigFn = Callable[..., ConfigSpec]
-
-
-@dataclass
-class ExportOptions:
-    arch: str
-    weights: str
-    repo: Path
-    name: str | None = None
-    version: int | None = None
-    labels_file: Path | None = None
-    max_batch_size: int = 32
-    preferred: list[int] | None = None
-    opset: int = MIN_OPSET
-    simplify: bool = True
-    fp16: bool = False
-    precision: str = "fp32"
-    calib_dir: Path | None = None
-    trt: bool = False
-    fallback_random: bool = False
-    min_agreement: float | None = None
-    transform_input: bool | None = None
-    atol: float = FP32_ATOL
-    format: str = "onnx"  # onnx | openvino (also NAME_ov, an OpenVINO IR) | pytorch (also NAME_pt, TorchScript)
-    int8_method: str | None = None  # None: DEFAULT_INT8_METHOD
-    bf16_gate: bool | None = None  # None: on when OpenVINO is installed
 
 
 @dataclass
@@ -125,7 +93,7 @@ def int8_method(opts: ExportOptions) -> str:
 def _preflight(opts: ExportOptions, names: dict[str, str]) -> str | None:
     """Fail fast, before minutes of work, when a requested backend is missing; the BF16 gate's skip reason."""
     if "trt" in names:
-        from export.tensorrt import require
+        from modelrepo.tensorrt_build import require
 
         require()  # no GPU / TensorRT
     if "ov" in names:

@@ -17,8 +17,9 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from export.errors import ExportError
-from export.onnx_export import INPUT_NAME, check_onnx
+from export.onnx_export import check_onnx
 from export.parity import Reference, Runner
+from modelrepo.config import INPUT_NAME
 
 logger = logging.getLogger(__name__)
 

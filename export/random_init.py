@@ -34,7 +34,7 @@ from PIL import ImageOps
 from torch import nn
 
 from export import images
-from service.repository import Preprocess
+from modelrepo.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
 

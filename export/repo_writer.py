@@ -19,9 +19,9 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError
-from service.errors import RepositoryError
-from service.repository import LABELS_FILE, check_model_name, set_params, write_config
-from service.repository import ModelConfig as _ModelConfig
+from modelrepo.config import LABELS_FILE, check_model_name, set_params, write_config
+from modelrepo.config import ModelConfig as _ModelConfig
+from modelrepo.errors import RepositoryError
 
 logger = logging.getLogger(__name__)
 

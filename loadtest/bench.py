@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot: {png} ({png.stat().st_size} bytes)")
         return 0
     find_wrk()  # fail early, with the install hint
-    from service.repository import scan_model
+    from modelrepo.layout import scan_model
 
     names = args.models or repo_models(args.repo)
     data = sample_jpegs()[args.image]

@@ -196,9 +196,9 @@ def engine_limits(plan: Plan, model_dir: Path, rep: Report) -> dict[str, dict[in
 def decode_limits(plan: Plan, model_dir: Path, corpus: list[Path], rep: Report) -> dict[str, float]:
     import torch
 
-    from service.gpu_decode import JpegDecoder, device_step
-    from service.preprocess import Normalizer, preprocess
-    from service.repository import Preprocess
+    from modelrepo.preprocess import Preprocess
+    from service.engine.gpu_decode import JpegDecoder, device_step
+    from service.engine.preprocess import Normalizer, preprocess
     from service.runtimes.base import LoadSpec
     from service.runtimes.pytorch import PyTorchRuntime
 

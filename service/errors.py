@@ -1,12 +1,15 @@
 """One error hierarchy; each error carries its HTTP status and a machine code.
 
-They are rendered as ``{"error": {"code", "message"}}`` in exactly one place (``service.app``).
-Messages say what went wrong and how to fix it.
+The repository format's own errors (``modelrepo.errors``, no HTTP notion) map onto it through
+``as_service_error``. Both render as ``{"error": {"code", "message"}}`` through ``service.http.errors``
+(KServe v2 routes: ``{"error": message}``, the v2 shape). Messages say what went wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import math
+
+from modelrepo.errors import InvalidModelName, RepositoryError, VersionNotFound
 
 
 class ServiceError(Exception):
@@ -107,13 +110,33 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
-class RepositoryError(ServiceError):
-    """A model folder or config.pbtxt that cannot be served as it is."""
-
-    status, code = 500, "repository_error"
-
-
 class ConfigError(ServiceError):
     """A setting that cannot work on this machine (e.g. --runtime openvino without OpenVINO): refused at start."""
 
     status, code = 500, "config_error"
+
+
+class RepositoryFault(ServiceError):
+    """500: a model folder or config.pbtxt that cannot be served as it is (``modelrepo.errors.RepositoryError``)."""
+
+    status, code = 500, "repository_error"
+
+
+#: what a handler may answer with: the service's errors and the repository format's
+ANSWERABLE = (ServiceError, RepositoryError)
+
+
+def as_service_error(exc: ServiceError | RepositoryError) -> ServiceError:
+    """The service error answering ``exc``: a repository error gets its status here, the one map."""
+    if isinstance(exc, ServiceError):
+        return exc
+    kind: type[ServiceError] = RepositoryFault
+    if isinstance(exc, InvalidModelName):
+        kind = BadParameter
+    elif isinstance(exc, VersionNotFound):
+        kind = ModelNotFound
+    err = kind(exc.message)
+    err.__cause__ = exc
+    return err
+
+

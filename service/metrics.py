@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -81,7 +82,7 @@ class Metrics:
             "inference_rejected_requests", "Requests refused with 503 (queue full, not ready, deadline)",
             ["model", "reason"], registry=r,
         )
-        # the connection and body guards (service.connections, service.body_guard)
+        # the connection and body guards (service.http.connections, service.http.body_guard)
         self.open_connections = Gauge(
             "http_open_connections", "Client connections open", registry=r, multiprocess_mode="livesum"
         )
@@ -92,7 +93,8 @@ class Metrics:
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiproc_dir = multiproc_dir()
-        if self.multiproc_dir is not None and values.ValueClass is values.MutexValue:
+        # In multi-process mode the label-less gauge above is already an mmap file named by this pid.
+        if self.multiproc_dir is not None and not any(Path(self.multiproc_dir).glob(f"*_{os.getpid()}.db")):
             # prometheus_client was imported before the variable was set (the choice is made at import):
             # this process counts in memory only and its samples are missing from every worker's /metrics.
             logger.error(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from modelrepo.config import model_kind
 from service.runtimes.base import LoadSpec, Runtime
-from service.runtimes.registry import Choice, choose, model_kind, require
+from service.runtimes.registry import Choice, choose, require
 
 __all__ = ["Choice", "LoadSpec", "Runtime", "choose", "load_choice", "load_runtime", "model_kind", "require"]
 

@@ -30,7 +30,7 @@ class LoadSpec:
 
 
 class Runtime(Protocol):
-    #: registry name: "onnxruntime", "openvino", "tensorrt"
+    #: registry name: "onnxruntime", "openvino", "tensorrt", "pytorch" (``service.runtimes.registry``)
     name: str
     #: what /models and the model_ready metric show, e.g. "openvino-cpu", "onnxruntime-cuda", "tensorrt"
     label: str
@@ -61,7 +61,7 @@ def check_input_shape(model_file: Path, found: list[object], expected: tuple[int
     ``found`` is the model's own input shape including the batch axis; symbolic/dynamic axes
     (strings, None, -1) match anything.
     """
-    from service.errors import RepositoryError
+    from modelrepo.errors import RepositoryError
 
     if not expected:
         return

@@ -70,7 +70,7 @@ class OnnxRuntime:
         try:
             self._session = ort.InferenceSession(str(model_file), sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            from service.errors import RepositoryError
+            from modelrepo.errors import RepositoryError
 
             raise RepositoryError(f"ONNX Runtime cannot load {model_file}: {type(e).__name__}: {e}") from e
         active = self._session.get_providers()[0]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import RepositoryError
+from modelrepo.errors import RepositoryError
 from service.runtimes.base import DeviceKind, LoadSpec, check_input_shape, warmup_sizes
 
 logger = logging.getLogger(__name__)

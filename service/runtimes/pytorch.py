@@ -5,7 +5,7 @@ size up to ``max_batch_size`` is captured once as a CUDA graph on the instance's
 batch then costs one graph launch instead of a few hundred kernel launches from Python, padded up
 to the next captured size (``graph_sizes``). ``pytorch.cuda_graphs=false`` in config.pbtxt runs
 plain eager instead (the GPU check measures both). ``infer_tensor`` takes a device tensor, so a
-batch decoded on the GPU (``service.gpu_decode``) reaches the model without a host round trip.
+batch decoded on the GPU (``service.engine.gpu_decode``) reaches the model without a host round trip.
 
 On the CPU it runs FP32 (BF16 when pinned), frozen (conv+batch-norm folded).
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import RepositoryError
+from modelrepo.errors import RepositoryError
 from service.runtimes.base import DeviceKind, LoadSpec
 
 logger = logging.getLogger(__name__)

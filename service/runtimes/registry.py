@@ -17,18 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from service.errors import ConfigError, RepositoryError
+from modelrepo.errors import RepositoryError
+from service.errors import ConfigError
 from service.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
 
-#: Triton ``backend`` names -> the model kind (platform) they mean
-BACKEND_KINDS = {
-    "onnxruntime": "onnxruntime_onnx",
-    "openvino": "openvino",
-    "tensorrt": "tensorrt_plan",
-    "pytorch": "pytorch_libtorch",
-}
 
 Probe = Callable[[str], "str | None"]
 
@@ -46,6 +40,8 @@ class RuntimeInfo:
     probe: Probe
     #: one phrase for the log line that explains a choice
     why: str = ""
+    #: why this runtime has never been run by the project's tests ("" when it has): /models and the log say so
+    untested: str = ""
 
     def create(self) -> Runtime:
         module, cls = self.target.split(":")
@@ -70,11 +66,6 @@ def register(info: RuntimeInfo) -> RuntimeInfo:
 
 def registered() -> dict[str, RuntimeInfo]:
     return dict(_REGISTRY)
-
-
-def model_kind(platform: str, backend: str) -> str:
-    """A config's platform, else what its backend serves (``openvino`` models have only a backend)."""
-    return platform or BACKEND_KINDS.get(backend, backend)
 
 
 def _log_once(msg: str, *args: object) -> None:
@@ -201,6 +192,8 @@ register(RuntimeInfo(
     name="tensorrt", serves=("tensorrt_plan", "onnxruntime_onnx"), ranks={"cuda": 0},
     target="service.runtimes.tensorrt:TensorRTRuntime", probe=needs("tensorrt", "pip install '.[gpu]'", gpu=True),
     why="a plan built for this GPU (for an ONNX model: built once into its version's .engines/ cache)",
+    untested="UNTESTED: TensorRT has never run in this project's CI or GPU checks (no TensorRT on the lent GPUs); "
+             "pin --runtime onnxruntime or pytorch if it misbehaves",
 ))
 register(RuntimeInfo(
     name="openvino", serves=("onnxruntime_onnx", "openvino"), ranks={"cpu": 0},

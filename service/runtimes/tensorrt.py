@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import RepositoryError
-from service.runtimes.base import DeviceKind, LoadSpec, warmup_sizes
-from service.runtimes.engine_cache import (
+from modelrepo.engine_cache import (
     PRECISION_PARAM,
     engine_dir,
     engine_key,
@@ -27,6 +25,8 @@ from service.runtimes.engine_cache import (
     get_or_build,
     plan_for_gpu,
 )
+from modelrepo.errors import RepositoryError
+from service.runtimes.base import DeviceKind, LoadSpec, warmup_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _compute_capability(torch: Any) -> str:
 
 
 def _config_of(model_file: Path) -> Any:
-    from service.repository import read_config
+    from modelrepo.config import read_config
 
     return read_config(model_file.parent.parent)
 
@@ -82,12 +82,11 @@ def build_cached_engine(spec: LoadSpec, max_batch: int | None = None) -> Path:
     timing = engine_dir(spec.model_file.parent) / f"{key.stem}.timing"
 
     def build(onnx_path: Path, out: Path) -> None:
-        from export.errors import ExportError
-        from export.tensorrt import build_engine
+        from modelrepo.tensorrt_build import build_engine
 
         try:
             build_engine(onnx_path, out, key.precision, (shape[0], shape[1], shape[2]), key.profile, timing)
-        except ExportError as e:
+        except RepositoryError as e:
             raise RepositoryError(f"building a TensorRT engine from {onnx_path} failed: {e}") from e
 
     return get_or_build(spec.model_file, key, build, logger)

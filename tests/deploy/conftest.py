@@ -22,7 +22,7 @@ K8S_VERSIONS = ("1.29.0", "1.37.0")
 @pytest.fixture(scope="session")
 def app_serves() -> Callable[[str, str], bool]:
     """``app_serves(method, path)``: whether the service's own app has a route for that request."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app()  # no lifespan runs: nothing loads
 

@@ -13,7 +13,7 @@ import torchvision
 from export.checkpoints import read_checkpoint
 from export.errors import ExportError
 from export.models import load_model
-from service.repository import get_params, read_config, read_labels
+from modelrepo.config import get_params, read_config, read_labels
 from tests.export.helpers import run_cli, snapshot
 
 NUM_CLASSES = 7

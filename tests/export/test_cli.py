@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import export.pipeline
-from service.repository import get_params, read_config
+from modelrepo.config import get_params, read_config
 from tests.export.helpers import Run, run_cli, snapshot
 
 

@@ -10,7 +10,9 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.repository import Preprocess, get_params, read_config, read_labels, scan_repository
+from modelrepo.config import get_params, read_config, read_labels
+from modelrepo.layout import scan_repository
+from modelrepo.preprocess import Preprocess
 from tests.export.helpers import Run, run_cli
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.repository import get_params, read_config
+from modelrepo.config import get_params, read_config
 from tests.export.helpers import run_cli
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from export import images, openvino
-from service.repository import get_params, read_config
+from modelrepo.config import get_params, read_config
 from tests.export.helpers import run_cli, snapshot
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from export import bf16, images, openvino
 from export.models import ARCHS
 from export.parity import Reference
-from service.repository import get_params, read_config
+from modelrepo.config import get_params, read_config
 from tests.export.helpers import Run, run_cli, snapshot
 
 needs_openvino = pytest.mark.skipif(not openvino.available(), reason="openvino is not installed: pip install "

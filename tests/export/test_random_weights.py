@@ -15,7 +15,8 @@ from export import images, random_init
 from export.models import ARCHS, TIMM_EXAMPLES, default_model_name, load_model
 from export.onnx_export import convert_fp16
 from export.parity import ort_runner, run_batched
-from service.repository import Preprocess, get_params, read_config
+from modelrepo.config import get_params, read_config
+from modelrepo.preprocess import Preprocess
 from tests.export.helpers import run_cli
 
 FP16_SAFE = 1000.0  # max |logit| allowed: FP16 overflows at 65,504, a trained classifier's logits are tens

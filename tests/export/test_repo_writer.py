@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.errors import ExportError
 from export.models import default_model_name
 from export.repo_writer import ConfigSpec, build_config, choose_version, preferred_batches, staging
-from service.repository import format_config, parse_config, read_config
+from modelrepo.config import format_config, parse_config, read_config
 
 
 def test_preferred_batches_are_capped_at_max() -> None:

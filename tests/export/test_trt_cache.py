@@ -10,8 +10,8 @@ import pytest
 
 import export.tensorrt as ext
 from export.repo_writer import ConfigSpec, build_config
-from service.repository import format_config, get_params, parse_config, read_config, write_config
-from service.runtimes.engine_cache import EngineKey, engine_dir, plan_for_gpu, read_sidecar
+from modelrepo.config import format_config, get_params, parse_config, read_config, write_config
+from modelrepo.engine_cache import EngineKey, engine_dir, plan_for_gpu, read_sidecar
 from tests.export.helpers import run_cli
 
 SHAPE = (3, 224, 224)

@@ -16,7 +16,8 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatcherConfig, BatchStats, StepResult, stacked
+from service.engine.batching import Batcher, BatcherConfig, BatchStats
+from service.engine.steps import StepResult, stacked
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
 
 #: how long a test waits for something that takes milliseconds: a failure, not a hang, if it never happens

@@ -1,5 +1,5 @@
-"""Unit tests of the slow/heavy-client guards: connection caps (service.connections) and the request
-body budget and minimum rate (service.body_guard), on fake ASGI apps: no server, no model."""
+"""Unit tests of the slow/heavy-client guards: connection caps (service.http.connections) and the request
+body budget and minimum rate (service.http.body_guard), on fake ASGI apps: no server, no model."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from service.body_guard import BodyBudget, BodyGuard
-from service.connections import MIN_FD_HEADROOM, ConnectionGuard, connection_caps
 from service.errors import RequestTimeout, ServiceBusy
+from service.http.body_guard import BodyBudget, BodyGuard
+from service.http.connections import MIN_FD_HEADROOM, ConnectionGuard, connection_caps
 
 
 def test_caps_leave_descriptors_free_and_split_per_client() -> None:

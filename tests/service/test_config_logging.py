@@ -46,8 +46,8 @@ def test_json_logs_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_openapi_describes_classify_forms_and_the_error_shape() -> None:
-    from service.app import create_app
     from service.config import Settings
+    from service.http.app import create_app
 
     schema = create_app(Settings()).openapi()
     op = schema["paths"]["/classify"]["post"]

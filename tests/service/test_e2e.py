@@ -360,7 +360,7 @@ def test_unusable_tensorrt_plan_falls_back_to_its_onnx_model(model_repo: Path, t
     requests are served by resnet18 (DESIGN.md §1)."""
     import shutil
 
-    from service.repository import read_config, set_params, write_config
+    from modelrepo.config import read_config, set_params, write_config
 
     repo = tmp_path / "repo"
     shutil.copytree(model_repo / "resnet18", repo / "resnet18")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.errors import RepositoryError
-from service.repository import sha256_file, write_config
-from service.runtimes.engine_cache import (
+from modelrepo.config import sha256_file, write_config
+from modelrepo.engine_cache import (
     EngineKey,
     batch_profile,
     cached_keys,
@@ -30,6 +29,7 @@ from service.runtimes.engine_cache import (
     read_sidecar,
     select_plan,
 )
+from modelrepo.errors import RepositoryError
 
 KEY = EngineKey("9.0", "10.3.0", "fp16", 1, 32, 64, (3, 224, 224))
 

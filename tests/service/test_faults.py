@@ -23,9 +23,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batching import Batcher, BatcherConfig, StepResult, stacked
+from service.engine.batching import Batcher, BatcherConfig
+from service.engine.guards import BadOutput, check_rows, checked
+from service.engine.steps import StepResult, stacked
 from service.errors import ModelNotReady, RuntimeHung
-from service.guards import BadOutput, check_rows, checked
 from service.runtimes.faults import FaultSwitch, FaultyRuntime
 from tests.service.conftest import Server, start_server
 
@@ -207,7 +208,7 @@ def test_fault_switch_modes(tmp_path: Path) -> None:
 
 
 def copy_model(src_repo: Path, repo: Path, name: str, src: str = "resnet18") -> Path:
-    from service.repository import read_config, write_config
+    from modelrepo.config import read_config, write_config
 
     shutil.copytree(src_repo / src, repo / name)
     cfg = read_config(repo / name)

@@ -12,16 +12,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from service.errors import ModelNotFound, RepositoryError
-from service.repository import (
-    InvalidModelName,
-    check_inside,
-    check_model_name,
-    check_version,
-    read_config,
-    scan_model,
-    write_config,
-)
+from modelrepo.config import check_model_name, check_version, read_config, write_config
+from modelrepo.errors import InvalidModelName, RepositoryError, VersionNotFound
+from modelrepo.layout import check_inside, scan_model
+from service.errors import ModelNotFound, as_service_error
 from tests.service.conftest import API_KEY, Server, start_server
 
 ADMIN_KEY = "fs-admin-key"
@@ -39,7 +33,7 @@ HOSTILE_VERSIONS = ["../1", "..", "1/../1", "²", "１", "٣", "-1", "+1", " 1",
 def test_check_model_name_refuses_hostile_names(name: str) -> None:
     with pytest.raises(InvalidModelName) as e:
         check_model_name(name)
-    assert e.value.status == 422 and len(e.value.message) < 400
+    assert as_service_error(e.value).status == 422 and len(e.value.message) < 400
 
 
 @pytest.mark.parametrize("name", [MODEL, "resnet50_trt", "a.b-c_1", "x" * 128])
@@ -49,8 +43,9 @@ def test_check_model_name_accepts_repository_names(name: str) -> None:
 
 @pytest.mark.parametrize("version", HOSTILE_VERSIONS)
 def test_check_version_refuses_non_ascii_digits(version: str) -> None:
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(VersionNotFound) as e:
         check_version(version)
+    assert isinstance(as_service_error(e.value), ModelNotFound)  # answered 404 model_not_found
 
 
 def test_check_version_accepts_digits_and_latest() -> None:

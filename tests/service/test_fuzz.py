@@ -83,8 +83,8 @@ def _assert_ready(server: Server) -> None:
 # -- a. the service's own OpenAPI schema -------------------------------------------------------
 def _operations() -> list[str]:
     """The operations the app documents (its schema built without a server, at collection time)."""
-    from service.app import create_app
     from service.config import Settings
+    from service.http.app import create_app
 
     paths = create_app(Settings(model_repo="/nonexistent")).openapi()["paths"]
     return [f"{method.upper()} {path}" for path, ops in paths.items() for method in ops]

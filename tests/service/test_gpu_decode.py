@@ -1,4 +1,4 @@
-"""The device-side JPEG pipeline (service.gpu_decode) against the Pillow path, on the CPU (torchvision's
+"""The device-side JPEG pipeline (service.engine.gpu_decode) against the Pillow path, on the CPU (torchvision's
 libjpeg-turbo decoder) everywhere and on a CUDA GPU (nvJPEG) where there is one."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from modelrepo.preprocess import Preprocess
+from service.engine.gpu_decode import JpegDecoder, JpegPayload
+from service.engine.preprocess import Normalizer, preprocess
 from service.errors import BadImage, PayloadTooLarge
-from service.gpu_decode import JpegDecoder, JpegPayload
-from service.preprocess import Normalizer, preprocess
-from service.repository import Preprocess
 
 PP = Preprocess.from_params({}, [3, 224, 224])
 MAX_PIXELS = 40_000_000
@@ -70,7 +70,7 @@ def test_a_jpeg_no_decoder_reads_fails_alone_and_the_batch_goes_on(
     device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch decode fails -> each image alone -> Pillow: only the one nothing decodes fails."""
-    import service.gpu_decode as gd
+    import service.engine.gpu_decode as gd
 
     real = gd.decode_jpeg
     broken = b"\xff\xd8\xff\xd9"  # SOI, EOI and nothing between: no decoder makes an image of it

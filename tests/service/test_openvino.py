@@ -9,12 +9,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from modelrepo.config import read_config, set_params, write_config
+from modelrepo.errors import RepositoryError
+from modelrepo.preprocess import Preprocess
 from service.config import Settings
-from service.errors import RepositoryError
+from service.engine.manager import ModelManager
+from service.engine.preprocess import preprocess
 from service.metrics import Metrics
-from service.models import ModelManager
-from service.preprocess import preprocess
-from service.repository import Preprocess, read_config, set_params, write_config
 from service.runtimes import LoadSpec
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")

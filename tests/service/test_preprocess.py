@@ -15,9 +15,9 @@ from PIL import Image, ImageFile, ImageOps
 from skimage import data as skdata
 from torchvision import transforms
 
+from modelrepo.preprocess import Preprocess
+from service.engine.preprocess import decode, exif_orientation, preprocess, preprocess_pil
 from service.errors import BadImage, PayloadTooLarge
-from service.preprocess import decode, exif_orientation, preprocess, preprocess_pil
-from service.repository import Preprocess
 
 PHOTOS = {"chelsea": skdata.chelsea, "coffee": skdata.coffee, "astronaut": skdata.astronaut, "rocket": skdata.rocket}
 IMAGENET = Preprocess()

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.repository import Preprocess, read_config
+from modelrepo.config import read_config
+from modelrepo.preprocess import Preprocess
 from service.runtimes.base import LoadSpec
 from service.runtimes.onnxruntime import OnnxRuntime
 from service.runtimes.pytorch import PyTorchRuntime, graph_sizes
@@ -41,7 +42,7 @@ def test_exporter_writes_a_gated_torchscript_model(pt_repo: Path) -> None:
 
 def test_cpu_runtime_matches_onnx_runtime(pt_repo: Path, photos: dict[str, bytes]) -> None:
     """Identical top-5 and max |d logit| <= 1e-3 in FP32 on real photos."""
-    from service.preprocess import preprocess
+    from service.engine.preprocess import preprocess
 
     cfg = read_config(pt_repo / "resnet18")
     pp = Preprocess.from_params({k: v.string_value for k, v in cfg.parameters.items()}, [3, 224, 224])
@@ -59,7 +60,7 @@ def test_cpu_runtime_matches_onnx_runtime(pt_repo: Path, photos: dict[str, bytes
 
 
 def test_a_model_that_does_not_take_the_config_input_is_refused(pt_repo: Path) -> None:
-    from service.errors import RepositoryError
+    from modelrepo.errors import RepositoryError
 
     with pytest.raises(RepositoryError, match=r"does not run on an input of \[1, 1, 224, 224\]"):
         PyTorchRuntime().load(LoadSpec(pt_repo / "resnet18_pt" / "1" / "model.pt", input_shape=(1, 224, 224)))

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from modelrepo.config import model_kind
+from modelrepo.errors import RepositoryError
 from service.config import Settings
-from service.errors import ConfigError, RepositoryError
+from service.errors import ConfigError
 from service.runtimes import registry
-from service.runtimes.registry import RuntimeInfo, candidates, choose, model_kind, require
+from service.runtimes.registry import RuntimeInfo, candidates, choose, registered, require
 
 
 def fake(name: str, serves: tuple[str, ...], ranks: dict[str, int], broken: dict[str, str] | None = None,
@@ -147,3 +149,10 @@ def test_real_registry_on_this_machine() -> None:
     with pytest.raises(ValueError, match="unknown runtime 'torch'"):
         Settings(runtime="torch")
     assert Settings(runtime="openvino").runtime == "openvino"
+
+
+def test_a_runtime_never_run_by_the_projects_tests_says_so() -> None:
+    """TensorRT ranks first on a GPU but has never run here: /models and the log carry the registry's word."""
+    untested = {name for name, info in registered().items() if info.untested}
+    assert untested == {"tensorrt"}
+    assert "UNTESTED" in registered()["tensorrt"].untested

@@ -1,6 +1,6 @@
 """``--runtime auto`` on every availability case (fake probes over the real registry's ranks): which
 runtime serves an ONNX model, its TensorRT plan and its TorchScript variant, and which of them serves
-the model's name (service.routing)."""
+the model's name (service.engine.routing)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.errors import RepositoryError
-from service.routing import Served, routes
+from modelrepo.errors import RepositoryError
+from service.engine.routing import Served, routes
 from service.runtimes import registry
 from service.runtimes.registry import RuntimeInfo, choose
 
@@ -117,8 +117,8 @@ def test_the_manager_serves_a_name_through_its_route(machine: dict[str, bool]) -
     from types import SimpleNamespace
 
     from service.config import Settings
+    from service.engine.manager import ModelManager
     from service.metrics import Metrics
-    from service.models import ModelManager
 
     def inst(runtime: str, device_kind: str, params: dict[str, str]) -> SimpleNamespace:
         rt = SimpleNamespace(name=runtime, device_kind=device_kind)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 FLOOD = 600  # connections from one address: more than the server may hold descriptors (512)
 NOFILE = 512
-PER_CLIENT = (NOFILE - 128) // 2  # service.connections.connection_caps(512)
+PER_CLIENT = (NOFILE - 128) // 2  # service.http.connections.connection_caps(512)
 
 
 def _metric(url: str, name: str) -> float:

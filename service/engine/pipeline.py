@@ -2,14 +2,14 @@
 
 * **pre** (request bytes -> payload) runs on the decode pool, per image; a bad image fails there,
   alone. On the CPU it decodes and preprocesses to a float32 ``(3, H, W)`` array; for a CUDA model
-  with GPU decode it only checks a JPEG's header and hands the bytes on (``service.gpu_decode``).
+  with GPU decode it only checks a JPEG's header and hands the bytes on (``service.engine.gpu_decode``).
 * **core** (payloads -> logits) is one step per runtime instance, run by the batcher on that
   instance's thread: collate the batch (``np.stack``, or decode the JPEGs on the GPU into device
   memory) and infer.
 * **post** (logits -> top-k probabilities) runs per request.
 
-The batcher sees only payloads and steps (``service.batching.Step``); the route sees only pre and
-post. Nothing here imports torch: the GPU pipeline lives in ``service.gpu_decode`` and is built only
+The batcher sees only payloads and steps (``service.engine.batching.Step``); the route sees only pre and
+post. Nothing here imports torch: the GPU pipeline lives in ``service.engine.gpu_decode`` and is built only
 for a CUDA runtime.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import Step, stacked
-from service.preprocess import Normalizer, preprocess
-from service.repository import Preprocess
+from modelrepo.preprocess import Preprocess
+from service.engine.preprocess import Normalizer, preprocess
+from service.engine.steps import Step, stacked
 from service.runtimes import Runtime
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def build_pipeline(runtimes: list[Runtime], pp: Preprocess, max_pixels: int, gpu
     normalizer = Normalizer(pp)
     cpu_pre = partial(preprocess, pp=pp, max_pixels=max_pixels, normalizer=normalizer)
     if wants_gpu_decode(gpu_decode, runtimes):
-        from service.gpu_decode import JpegDecoder, device_step, warm_decoder
+        from service.engine.gpu_decode import JpegDecoder, device_step, warm_decoder
 
         decoder = JpegDecoder(pp, max_pixels, cpu_pre)
         steps = [device_step(decoder, rt) for rt in runtimes]

@@ -20,17 +20,19 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import classify, health, models, v2
-from service.api.errors import error_response, render_error
-from service.api.responses import JSONResponse
-from service.auth import AccessControl, document_access
-from service.body_guard import BodyBudget, BodyGuard
-from service.cache import ResultCache
+from modelrepo.errors import RepositoryError
 from service.config import Settings
-from service.errors import RateLimited, ServiceError
+from service.engine.engine import Engine
+from service.engine.manager import ModelManager
+from service.errors import ANSWERABLE, BadParameter, RateLimited, ServiceError
+from service.http.auth import AccessControl, document_access
+from service.http.body_guard import BodyBudget, BodyGuard
+from service.http.cache import ResultCache
+from service.http.errors import render_error
+from service.http.responses import JSONResponse
+from service.http.routes import classify, health, models, v2
 from service.logging import request_id
 from service.metrics import Metrics
-from service.models import ModelManager
 from service.runtimes import require
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ _CSP = {
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id (echoed or made), access control (service.auth), in-flight gauge."""
+    """Pure ASGI middleware: request id (echoed or made), access control (service.http.auth), in-flight gauge."""
 
     def __init__(self, app: ASGIApp, access: AccessControl, metrics: Metrics) -> None:
         self.app = app
@@ -89,12 +91,8 @@ class RequestContext:
 
 
 def _refusal(scope: Scope, exc: ServiceError) -> JSONResponse:
-    """401/403/429 before routing, in the KServe v2 error shape under /v2, else the service's."""
-    level = logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO
-    logger.log(level, "%s %s -> %d %s: %s", scope["method"], scope["path"], exc.status, exc.code, exc.message)
-    if scope["path"].startswith("/v2"):
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    """401/403/429 before routing (a flood of 429s logs at DEBUG)."""
+    return render_error(scope, exc, logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,11 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = app.state
         state.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
         state.manager = ModelManager(settings, metrics)
+        state.engine = Engine(state.manager, state.pool, metrics)
 
         async def load() -> None:
             try:
                 await state.manager.load_all()
-            except ServiceError as e:
+            except ANSWERABLE as e:
                 logger.error("model repository: %s", e.message)
             state.started = True
             logger.info("startup complete: %s", "ready" if not state.manager.not_ready() else
@@ -154,8 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
 
     @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return render_error(request, exc)
+    @app.exception_handler(RepositoryError)
+    async def _service_error(request: Request, exc: ServiceError | RepositoryError) -> JSONResponse:
+        return render_error(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
             msgs.append(f"{where}: {err.get('msg')}")
-        return error_response(422, "bad_parameter", "; ".join(msgs) or "invalid request")
+        return render_error(request.scope, BadParameter("; ".join(msgs) or "invalid request"))
 
     app.router.add_route("/classify", classify.classify, methods=["POST"], include_in_schema=False)
     fastapi_openapi = app.openapi

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.errors import RepositoryError
-from service.repository import sha256_file
+from modelrepo.config import sha256_file
+from modelrepo.errors import RepositoryError
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def plan_param(cc: str, field: str) -> str:
 
 def cc_map(model_dir: Path) -> dict[str, str]:
     """The ``cc_model_filenames`` of ``model_dir``'s config.pbtxt ({} when it has none)."""
-    from service.repository import read_config
+    from modelrepo.config import read_config
 
     return dict(read_config(model_dir).cc_model_filenames)
 

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from modelrepo.preprocess import Preprocess
 from service.errors import BadImage, PayloadTooLarge
-from service.repository import Preprocess
 
 # We enforce our own pixel limit (before decoding); Pillow's global one would raise a different error.
 Image.MAX_IMAGE_PIXELS = None

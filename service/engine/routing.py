@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.repository import FALLBACK_PARAM
+from modelrepo.config import FALLBACK_PARAM
 
 VARIANT_PARAM = "serve.variant_of"
 

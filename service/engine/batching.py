@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from service.cost_model import CostModel
+from service.engine.cost_model import CostModel
+from service.engine.guards import InstanceThread
+from service.engine.steps import Step, StepResult
 from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull, RuntimeHung
-from service.guards import InstanceThread
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +49,6 @@ class BatchStats:
     size: int
     compute_s: float
     queue_s: list[float]
-
-
-@dataclass
-class StepResult:
-    """What one instance returns for a batch: one row per item that did not fail, in order, and the
-    items that failed on their own (a JPEG no decoder could read): those fail alone, never the batch."""
-
-    rows: np.ndarray
-    failed: dict[int, Exception] = field(default_factory=dict)
-
-
-#: one runtime instance: a batch of payloads -> its rows (called on that instance's own thread)
-Step = Callable[[list[Any]], StepResult]
-
-
-def stacked(infer: Callable[[np.ndarray], np.ndarray]) -> Step:
-    """The step for payloads that are already model inputs: stack them and infer."""
-
-    def step(items: list[Any]) -> StepResult:
-        return StepResult(infer(np.stack(items)))
-
-    return step
 
 
 @dataclass(eq=False)

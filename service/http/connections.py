@@ -16,13 +16,14 @@ uvicorn's httptools protocol that adds these checks around the parent's own call
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 from dataclasses import dataclass, field
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.http.errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class ConnectionGuard:
 
 
 def _raw_response(status: str, code: str, message: str, retry_after: bool) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_body(code, message)
     head = [f"HTTP/1.1 {status}", "content-type: application/json", "connection: close",
             f"content-length: {len(body)}"]
     if retry_after:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.responses import JSONResponse
+from service.http.responses import JSONResponse
 
 router = APIRouter()
 

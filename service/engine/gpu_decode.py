@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from service.batching import Step, StepResult
+from modelrepo.preprocess import Preprocess
+from service.engine.preprocess import exif_orientation, open_image, resize_geometry
+from service.engine.steps import Step, StepResult
 from service.errors import BadImage, ServiceError
-from service.preprocess import exif_orientation, open_image, resize_geometry
-from service.repository import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class JpegDecoder:
 
     def _resize_crop_normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """Upright uint8 ``(n, 3, h, w)`` -> normalised float32 ``(n, 3, crop, crop)``: Resize(shorter)
-        then CenterCrop, exactly the box ``service.preprocess.crop_box`` computes on the CPU."""
+        then CenterCrop, exactly the box ``service.engine.preprocess.crop_box`` computes on the CPU."""
         pp = self.pp
         h, w = batch.shape[-2:]
         nw, nh, left, top = resize_geometry(w, h, pp)

@@ -27,12 +27,14 @@ from fastapi.routing import APIRoute
 from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import model_config_pb2 as mc
 
-from service.api.classify import parse_timeout, read_body
-from service.api.health import readiness
-from service.api.responses import JSONResponse
-from service.errors import BadRequest, ModelNotReady, PayloadTooLarge, ServiceError
-from service.models import ModelInstance, ModelManager
-from service.repository import check_version
+from modelrepo.config import check_version
+from service.engine.instance import ModelInstance
+from service.engine.manager import ModelManager
+from service.errors import ANSWERABLE, BadRequest, ModelNotReady, PayloadTooLarge, as_service_error
+from service.http.errors import render_error
+from service.http.responses import JSONResponse
+from service.http.routes.classify import parse_timeout, read_body
+from service.http.routes.health import readiness
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "imgserve"
@@ -40,7 +42,7 @@ EXTENSIONS = ["classification", "binary_tensor_data"]
 
 
 class _V2Route(APIRoute):
-    """Renders errors as ``{"error": message}`` with the HTTP status, as Triton clients expect."""
+    """Errors, FastAPI's validation errors too, rendered in the v2 shape (``service.http.errors``)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -48,10 +50,10 @@ class _V2Route(APIRoute):
         async def v2_handler(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ServiceError as e:
-                return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
+            except ANSWERABLE as e:
+                return render_error(request.scope, e)
             except RequestValidationError as e:
-                return JSONResponse({"error": f"invalid request: {e.errors()}"}, status_code=400)
+                return render_error(request.scope, BadRequest(f"invalid request: {e.errors()}"))
 
         return v2_handler
 
@@ -249,12 +251,6 @@ def _timeout(params: dict[str, Any]) -> float | None:
     return t / 1e6
 
 
-async def _run(inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
-    """Submit each item to the dynamic batcher; the (N, C) logits."""
-    rows = await inst.batcher.run(list(batch), deadline)
-    return np.stack([r[0] for r in rows]).astype(np.float32, copy=False)
-
-
 def _encode(out: _Output, logits: np.ndarray, labels: list[str]) -> tuple[dict[str, Any], bytes | None]:
     """One output tensor: (JSON part, raw bytes when sent binary)."""
     if out.classes:
@@ -292,7 +288,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(state.pool, _parse, body, header_len, inst, settings.max_images_per_request)
         deadline = started + (req.timeout_s or parse_timeout(request, inst.default_timeout_s))
-        logits = await _run(inst, req.batch, deadline)
+        logits = await state.engine.infer(inst, req.batch, deadline)
         metrics.child(metrics.images, inst.name, label_version).inc(len(logits))
         parts = [_encode(o, logits, inst.labels) for o in req.outputs]
         head: dict[str, Any] = {"model_name": inst.name, "model_version": label_version}
@@ -307,8 +303,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         return Response(
             b"".join([header, *blobs]), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))}
         )
-    except ServiceError as e:
-        status, code = str(e.status), e.code
+    except ANSWERABLE as e:
+        err = as_service_error(e)
+        status, code = str(err.status), err.code
         raise
     finally:
         known = name in _manager(request).states

@@ -2,7 +2,7 @@
 
 A runtime that returns NaN/Inf (a broken engine, an FP16 overflow) or logits of the wrong shape (a
 model file that disagrees with its config.pbtxt) would otherwise be softmaxed into confident-looking
-nonsense. ``checked(step, num_classes)`` wraps an instance's step (``service.batching.Step``) and
+nonsense. ``checked(step, num_classes)`` wraps an instance's step (``service.engine.batching.Step``) and
 raises ``BadOutput`` instead; the batcher fails that batch's requests with 500 ``inference_failed``
 carrying the message, and the next batch serves. Cost: one ``np.isfinite`` over the rows.
 
@@ -16,12 +16,11 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # service.batching imports this module (InstanceThread)
-    from service.batching import Step, StepResult
+from service.engine.steps import Step, StepResult
 
 
 class BadOutput(RuntimeError):

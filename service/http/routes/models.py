@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.responses import JSONResponse
+from service.engine.manager import ModelManager
 from service.errors import ModelNotFound
-from service.models import ModelManager
+from service.http.responses import JSONResponse
 
 router = APIRouter()
 

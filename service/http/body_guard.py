@@ -28,8 +28,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_response
 from service.errors import RequestTimeout, ServiceBusy
+from service.http.errors import render_error
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class BodyGuard:
         if 0 < declared <= self.max_body:
             if not self.budget.take(declared):
                 exc = self._busy(declared)
-                await error_response(exc.status, exc.code, exc.message, exc.headers)(scope, receive, send)
+                await render_error(scope, exc)(scope, receive, send)
                 return
             held = declared
         started = time.monotonic()

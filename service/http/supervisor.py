@@ -49,7 +49,7 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 def run_worker(argv: list[str]) -> None:
     """One of --processes N (in a spawned process): the whole service on the shared port."""
-    from service.__main__ import parse_settings, serve
+    from service.http.server import parse_settings, serve
 
     settings = parse_settings(argv)
     serve(settings, reuseport_socket(settings.host, settings.port))

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message
 
-from service.api.errors import render_error
-from service.api.responses import JSONResponse
-from service.cache import ResultCache
+from modelrepo.config import check_version
+from service.engine.engine import Engine, Predictions
+from service.engine.instance import ModelInstance
 from service.errors import (
-    BadImage,
+    ANSWERABLE,
     BadParameter,
     BadRequest,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
+    as_service_error,
 )
-from service.models import ModelInstance, ModelManager
-from service.pipeline import post
-from service.repository import check_version
+from service.http.cache import ResultCache
+from service.http.errors import render_error
+from service.http.responses import JSONResponse
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
 
@@ -61,9 +62,8 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int) -> lis
     body = await read_body(request, max_bytes)
     if ctype != "multipart/form-data":
         return [Upload(None, body)]
-    request._body = body  # Starlette's form parser reads the already size-checked body from here
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=max_images + 16)
+        form = await _replayed(request, body).form(max_files=max_images + 1, max_fields=max_images + 16)
     except Exception as e:  # starlette raises HTTPException / MultiPartException on bad input
         raise BadRequest(f"malformed multipart body: {getattr(e, 'detail', e)}") from e
     try:
@@ -80,6 +80,20 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int) -> lis
         return uploads
     finally:
         await form.close()
+
+
+def _replayed(request: Request, body: bytes) -> Request:
+    """The request again, its (already size-checked) body replayed from memory for the form parser."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 def parse_timeout(request: Request, default_s: float) -> float:
@@ -116,30 +130,31 @@ async def classify(request: Request) -> Response:
     request as the handler itself, and this is the hot path."""
     state = request.app.state
     settings = state.settings
-    manager: ModelManager = state.manager
+    engine: Engine = state.engine
     metrics = state.metrics
     cache: ResultCache = state.cache
     started = time.monotonic()
     name, label_version, status, code = "_unknown", "-", "500", ""
     try:
         model, version, top_k = parse_query(request)
-        name = model or manager.default_model()
-        inst = manager.get(name, version)
+        name = model or engine.default_model()
+        inst = engine.model(name, version)
         label_version = str(inst.version)
         if top_k > len(inst.labels):
             raise BadParameter(f"top_k={top_k} is more than the model's {len(inst.labels)} classes")
         timeout_s = parse_timeout(request, inst.default_timeout_s)
         deadline = started + timeout_s
         uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
-        inst = manager.get(name, version)  # the instance serving now: a reload may have swapped it meanwhile
+        inst = engine.model(name, version)  # the instance serving now: a reload may have swapped it meanwhile
         response = await _classify(request, inst, uploads, top_k, deadline, cache)
         status = "200"
         return response
-    except ServiceError as e:
-        status, code = str(e.status), e.code
-        return render_error(request, e)
+    except ANSWERABLE as e:
+        err = as_service_error(e)
+        status, code = str(err.status), err.code
+        return render_error(request.scope, err)
     finally:
-        metrics.request_done(name, label_version, status, time.monotonic() - started, name in manager.states, code)
+        metrics.request_done(name, label_version, status, time.monotonic() - started, engine.knows(name), code)
 
 
 #: documented in the OpenAPI schema by hand since the route is not a FastAPI route
@@ -199,15 +214,10 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
                    "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
 
 
-def _image_error(err: BaseException, i: int, upload: Upload) -> BaseException:
-    """A per-image failure, named by the image's index (and file name) in the request."""
-    if isinstance(err, ServiceError):
-        if isinstance(err, (BadImage, PayloadTooLarge)):
-            where = f"image {i}" + (f" ({upload.filename})" if upload.filename else "")
-            err.message = f"{where}: {err.message}"
-        return err
-    if isinstance(err, Exception):
-        return BadImage(f"image {i} could not be processed: {type(err).__name__}: {err}")
+def _named(err: ServiceError, i: int, upload: Upload) -> ServiceError:
+    """An image's own error, named by its index (and file name) in the request."""
+    where = f"image {i}" + (f" ({upload.filename})" if upload.filename else "")
+    err.message = f"{where}: {err.message}"
     return err
 
 
@@ -216,8 +226,8 @@ async def _classify(
 ) -> JSONResponse:
     state = request.app.state
     metrics = state.metrics
-    loop = asyncio.get_running_loop()
-    results: list[list[dict[str, object]] | None] = [None] * len(uploads)
+    engine: Engine = state.engine
+    results: list[Predictions | None] = [None] * len(uploads)
     keys = [cache.key(u.data, inst.name, inst.version, top_k) for u in uploads] if cache.enabled else []
     todo = list(range(len(uploads)))
     if cache.enabled:
@@ -227,40 +237,13 @@ async def _classify(
             metrics.child(metrics.cache, inst.name, "hit" if results[i] is not None else "miss").inc()
             if results[i] is None:
                 todo.append(i)
-
-    # Admission before decoding: an overloaded model sheds requests before they cost any CPU.
-    if todo:
-        inst.batcher.admit(len(todo), deadline)
-    submitted = False
-    queue_s = compute_s = 0.0
-    try:
-        t_pre = time.monotonic()
-        pre = inst.pipeline.pre
-        jobs = [loop.run_in_executor(state.pool, pre, uploads[i].data) for i in todo]
-        outcome = await asyncio.gather(*jobs, return_exceptions=True)
-        for i, res in zip(todo, outcome, strict=True):
-            if isinstance(res, BaseException):
-                raise _image_error(res, i, uploads[i])
-        preprocess_s = time.monotonic() - t_pre
-        metrics.child(metrics.preprocess_duration, inst.name).observe(preprocess_s)
-        if outcome:
-            submitted = True
-            answers = await inst.batcher.run_each(list(outcome), deadline, admitted=True)
-    finally:
-        if todo and not submitted:
-            inst.batcher.release(len(todo))
-    if todo:
-        metrics.child(metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
-        for i, res in zip(todo, answers, strict=True):
-            if isinstance(res, BaseException):  # decoding on the device failed for this image alone
-                raise _image_error(res, i, uploads[i])
-        rows = [res[0] for res in answers]  # type: ignore[index]
-        for i, preds_k, res in zip(todo, post(rows, top_k), answers, strict=True):
-            preds = [{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in preds_k]
-            results[i] = preds
-            if cache.enabled:
-                cache.put(keys[i], preds)
-            queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])  # type: ignore[index]
+    done = await engine.classify(inst, [uploads[i].data for i in todo], top_k, deadline)
+    for i, res in zip(todo, done.results, strict=True):
+        if isinstance(res, ServiceError):
+            raise _named(res, i, uploads[i])
+        results[i] = res
+        if cache.enabled:
+            cache.put(keys[i], res)
     metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(uploads))
 
     body = {
@@ -270,7 +253,6 @@ async def _classify(
     }
     if inst.weights == "random":
         body["warning"] = "this model has random weights: its predictions are meaningless"
-    timing = (
-        f"queue;dur={queue_s * 1000:.2f}, preprocess;dur={preprocess_s * 1000:.2f}, infer;dur={compute_s * 1000:.2f}"
-    )
+    timing = (f"queue;dur={done.queue_s * 1000:.2f}, preprocess;dur={done.preprocess_s * 1000:.2f}, "
+              f"infer;dur={done.compute_s * 1000:.2f}")
     return JSONResponse(body, headers={"Server-Timing": timing})

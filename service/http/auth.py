@@ -326,5 +326,5 @@ def limits_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m service.auth: print the table for the README
+if __name__ == "__main__":  # python -m service.http.auth: print the table for the README
     print(limits_table())

@@ -1,0 +1,79 @@
+"""One served model version: its runtime instances, batcher, pipeline and what describes it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from modelrepo.layout import ModelEntry
+from modelrepo.preprocess import Preprocess
+from service.engine.batching import Batcher
+from service.engine.pipeline import Pipeline
+from service.runtimes import Runtime
+
+
+@dataclass
+class ModelInstance:
+    name: str
+    version: int
+    entry: ModelEntry
+    #: the instance group: runtime instances fed by the one batcher (all the same runtime and device)
+    runtimes: list[Runtime]
+    batcher: Batcher
+    pipeline: Pipeline
+    labels: list[str]
+    preprocess: Preprocess
+    input_shape: tuple[int, ...]
+    default_timeout_s: float
+    weights: str
+    runtime_reason: str = ""
+    #: the registry's word when the runtime was never run by the project's tests (TensorRT)
+    runtime_untested: str = ""
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.runtimes[0]
+
+    @property
+    def runtime_tag(self) -> str:
+        """Runtime and precision in use, e.g. ``openvino-cpu bf16``: the model_ready metric's runtime label."""
+        return f"{self.runtime.label} {self.runtime.precision}"
+
+    def describe(self) -> dict[str, object]:
+        cfg = self.batcher.config
+        params = self.entry.params
+        return {
+            "name": self.name,
+            "version": str(self.version),
+            "platform": self.entry.platform,
+            "runtime": self.runtime.label,
+            "precision": self.runtime.precision,
+            "device": self.runtime.device_kind,
+            "runtime_choice": self.runtime_reason,
+            **({"runtime_untested": self.runtime_untested} if self.runtime_untested else {}),
+            "instances": len(self.runtimes),
+            "decode": self.pipeline.kind,
+            "state": "ready",
+            "input": {"name": "input", "shape": list(self.input_shape)},
+            "num_classes": len(self.labels),
+            "preprocess": {
+                "resize_shorter": self.preprocess.resize_shorter,
+                "crop": self.preprocess.crop,
+                "mean": list(self.preprocess.mean),
+                "std": list(self.preprocess.std),
+                "interpolation": self.preprocess.interpolation,
+            },
+            "batching": {
+                "max_batch_size": cfg.max_batch_size,
+                "preferred_batch_sizes": cfg.preferred_batch_sizes,
+                "max_queue_delay_ms": cfg.max_queue_delay_s * 1000,
+                "max_queue_size": cfg.max_queue_size,
+                "dispatch_when_idle": cfg.dispatch_when_idle,
+                "default_timeout_s": self.default_timeout_s,
+            },
+            "weights": self.weights,
+            "source": {k: v for k, v in params.items()
+                       if k.startswith(("source.", "export.", "tensorrt.", "openvino.", "serve."))},
+            "queue_depth": self.batcher.queue_depth,
+        }

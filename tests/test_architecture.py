@@ -1,0 +1,124 @@
+"""The architecture the folders promise, checked from the source: no import cycles, and the layers.
+
+Every ``import`` counts, including those inside functions (a lazy import is still a dependency).
+Read with ``ast``, so nothing is imported and the check takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("service", "export", "modelrepo", "loadtest")
+
+
+#: the exporter checks a model numerically through the service's own image preprocessing (and the errors
+#: it raises), so parity holds for what the service will compute; nothing else of the service
+EXPORT_MAY_USE = {"service.engine.preprocess", "service.errors"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _resolve(name: str, known: dict[str, Path]) -> str | None:
+    """The project module ``name`` refers to (a ``from a.b import c`` may name module ``a.b.c``)."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for mod, path in known.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                names = [f"{base}.{a.name}" for a in node.names] or [base]
+            for n in names:
+                target = _resolve(n, known)
+                if target and target != mod and target.split(".")[0] in PACKAGES:
+                    graph[mod].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _is_parent_package(a: str, b: str) -> bool:
+    return b.startswith(a + ".") or a.startswith(b + ".")
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    # a package's __init__ re-exporting its own modules is not a cycle between parts of the design
+    pruned = {m: {t for t in ts if not _is_parent_package(m, t)} for m, ts in graph.items()}
+    assert _cycles(pruned) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(("layer", "must_not_import"), [
+    ("modelrepo", ("service", "export", "loadtest")),  # the shared format depends on neither side
+    ("service", ("export", "loadtest")),  # the service never imports the exporter
+    ("export", ("service", "loadtest")),  # nor the exporter the service, but for its preprocessing:
+])
+def test_layers(layer: str, must_not_import: tuple[str, ...]) -> None:
+    graph = import_graph()
+    bad = sorted(
+        f"{m} -> {t}" for m, ts in graph.items() if m.split(".")[0] == layer
+        for t in ts if t.split(".")[0] in must_not_import and t not in EXPORT_MAY_USE
+    )
+    assert bad == []
