@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast bench bench-overload locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
+.PHONY: serve test test-fast bench bench-overload bench-processes locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -53,6 +53,14 @@ bench-overload: $(STAMP)
 	@if [ ! -f $(REPO)/$(OVERLOAD_MODEL)/config.pbtxt ]; then \
 	  $(PY) -m export --arch $(OVERLOAD_MODEL) --weights random --repo $(REPO); fi
 	$(PY) -m loadtest.overload --repo $(REPO) --model $(OVERLOAD_MODEL)
+
+# --processes 2 (front ends + one engine process) against --processes 1, as ratios within one run (~3 min).
+PROCESSES_MODEL ?= resnet50
+bench-processes: $(STAMP)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@if [ ! -f $(REPO)/$(PROCESSES_MODEL)/config.pbtxt ]; then \
+	  $(PY) -m export --arch $(PROCESSES_MODEL) --weights random --repo $(REPO); fi
+	$(PY) -m loadtest.processes --repo $(REPO) --model $(PROCESSES_MODEL)
 
 # A bounded, realistic locust run against a service already started with `make serve`.
 locust: $(STAMP)

@@ -23,14 +23,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a live process (all its threads), from /proc/<pid>/stat."""
+def _stat(pid: int) -> list[str] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields after "pid (comm) "; utime is field 14
-    return (int(fields[11]) + int(fields[12])) / _TICK
+        return None
+    return stat[stat.rindex(")") + 2 :].split()  # the fields after "pid (comm) ": state, ppid, ...
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (a --processes supervisor's front ends and engine)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (f := _stat(int(d.name))) is not None:
+            children.setdefault(int(f[1]), []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a live process (all its threads) and of its live descendants,
+    from /proc/<pid>/stat (utime and stime are fields 14 and 15)."""
+    total = 0.0
+    for i, p in enumerate([pid, *descendants(pid)]):
+        f = _stat(p)
+        if f is None:
+            if i == 0:
+                return float("nan")
+            continue
+        total += (int(f[11]) + int(f[12])) / _TICK
+    return total
 
 
 def machine_busy_s() -> float:

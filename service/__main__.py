@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from service.http.server import parse_settings, serve
+from service.config import parse_settings
+from service.http.server import serve
 from service.logging import configure_logging
 
 logger = logging.getLogger("service")
@@ -18,8 +19,9 @@ def main(argv: list[str] | None = None) -> None:
         from service.http.supervisor import supervise
 
         configure_logging(settings.log_format, settings.log_level)
-        logger.info("serving on %s:%d with %d worker processes", settings.host, settings.port, settings.processes)
-        raise SystemExit(supervise(settings.processes, argv))
+        logger.info("serving on %s:%d with %d front ends and one engine process", settings.host, settings.port,
+                    settings.processes)
+        raise SystemExit(supervise(settings.processes, argv, arena_mb=settings.ipc_shm_mb))
     serve(settings)
 
 

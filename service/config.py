@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,8 +46,21 @@ class Settings(BaseSettings):
         "takes device tensors serves the model; on: also with a CPU torch runtime, decoding with torchvision)",
     )
     processes: int = Field(
-        1, ge=1, description="HTTP worker processes sharing the port (SO_REUSEPORT), each with its own model "
-        "instances and batcher: one Python process parses a few thousand requests per second",
+        1, ge=1, description="HTTP front-end processes sharing the port (SO_REUSEPORT); with 2 or more they feed "
+        "one engine process that owns the models and batchers (DESIGN.md section 5); 1: one process, no IPC",
+    )
+    ipc_shm_mb: int = Field(
+        64, ge=1, description="with --processes >= 2: shared memory per front end (MiB) for images on their way "
+        "to the engine; a request that does not fit right now travels over the engine socket instead",
+    )
+    ipc_payload: Literal["auto", "bytes", "pixels"] = Field(
+        "auto", description="with --processes >= 2: what a front end sends the engine; pixels: it decodes and "
+        "preprocesses itself (in parallel across front ends), bytes: the engine does (auto: bytes for a GPU "
+        "decode pipeline, pixels otherwise)",
+    )
+    ipc_dir: str | None = Field(
+        None, description="set by the --processes supervisor: the folder of the engine socket and the shared "
+        "memory files (not a user setting)",
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest request body accepted (413 above)")
     max_image_pixels: int = Field(40_000_000, description="largest image (width*height) accepted (413 above)")
@@ -141,3 +155,15 @@ class Settings(BaseSettings):
         if v != "auto" and v not in names:
             raise ValueError(f"unknown runtime {v!r}: use auto or one of {', '.join(names)}")
         return v
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Settings from the command line (and IMGSERVE_* variables); exits 2 naming each bad flag."""
+    try:
+        return Settings(_cli_parse_args=argv)
+    except ValidationError as e:
+        for err in e.errors():
+            where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
+            print(f"error: {where}: {err['msg']} (env IMGSERVE_{'_'.join(map(str, err['loc'])).upper()})",
+                  file=sys.stderr)
+        raise SystemExit(2) from None

@@ -102,6 +102,23 @@ class RateLimited(ServiceError):
         super().__init__(message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
+class EngineUnavailable(ServiceError):
+    """503: the engine process this front end feeds is down or restarting (``--processes N``)."""
+
+    status, code = 503, "engine_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
+
+
+class RemoteError(ServiceError):
+    """An error the engine process answered with, raised again in the front end with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status, self.code = status, code
+
+
 class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 

@@ -7,6 +7,8 @@ Read with ``ast``, so nothing is imported and the check takes milliseconds.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,11 +116,28 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     ("modelrepo", ("service", "export", "loadtest")),  # the shared format depends on neither side
     ("service", ("export", "loadtest")),  # the service never imports the exporter
     ("export", ("service", "loadtest")),  # nor the exporter the service, but for its preprocessing:
+    ("service.engine", ("service.http",)),  # the engine knows nothing of HTTP
+    ("service.runtimes", ("service.http", "service.engine")),  # nor do the runtimes of what drives them
 ])
 def test_layers(layer: str, must_not_import: tuple[str, ...]) -> None:
     graph = import_graph()
+    def within(module: str, package: str) -> bool:
+        return module == package or module.startswith(package + ".")
+
     bad = sorted(
-        f"{m} -> {t}" for m, ts in graph.items() if m.split(".")[0] == layer
-        for t in ts if t.split(".")[0] in must_not_import and t not in EXPORT_MAY_USE
+        f"{m} -> {t}" for m, ts in graph.items() if within(m, layer)
+        for t in ts if any(within(t, p) for p in must_not_import) and t not in EXPORT_MAY_USE
     )
     assert bad == []
+
+
+def test_a_front_end_loads_no_runtime_and_no_engine_internals() -> None:
+    """What a front end of --processes N imports (its app and its remote engine): no runtime package,
+    no torch, and none of the engine's model-owning modules (they load runtimes)."""
+    code = ("import sys, service.http.app, service.http.remote, service.http.server; "
+            "print('\\n'.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    forbidden = ("onnxruntime", "openvino", "torch", "tensorrt", "service.engine.manager",
+                 "service.engine.loading", "service.engine.batching", "service.engine.server")
+    assert [m for m in out if m.split(".")[0] in forbidden[:4] or m in forbidden] == []

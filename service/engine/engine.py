@@ -11,48 +11,49 @@ With ``--processes 1`` the engine lives in the HTTP process and this object is c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from service.engine.catalog import Classified, Predictions, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.engine.pipeline import post
-from service.errors import BadImage, ServiceError
+from service.errors import ANSWERABLE, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 
-#: one image's top-k: ``{"index", "label", "score"}`` per class, best first
-Predictions = list[dict[str, object]]
-
-
-@dataclass
-class Classified:
-    """One classify call's answer: per image (in the order sent) its predictions or its own error."""
-
-    results: list[Predictions | ServiceError]
-    queue_s: float = 0.0
-    preprocess_s: float = 0.0
-    compute_s: float = 0.0
-
-
-def image_error(err: BaseException) -> ServiceError:
-    """An image's own failure as the error its caller gets (an unexpected decoder error is a bad image)."""
-    if isinstance(err, ServiceError):
-        return err
-    if isinstance(err, Exception):
-        return BadImage(f"could not be processed: {type(err).__name__}: {err}")
-    raise err  # CancelledError, KeyboardInterrupt: not an image's fault
-
+logger = logging.getLogger("service.engine")
 
 class Engine:
+    """The engine in this process (``--processes 1``; and inside the engine process of ``--processes N``)."""
+
     def __init__(self, manager: ModelManager, pool: Executor, metrics: Metrics) -> None:
         self.manager = manager
         self.pool = pool
         self.metrics = metrics
+        #: the first load of every configured model has been tried (readiness waits for it)
+        self.started = False
 
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.manager.load_all()
+        except ANSWERABLE as e:
+            logger.error("model repository: %s", e.message)
+        self.started = True
+        pending = self.manager.not_ready()
+        logger.info("startup complete: %s", f"not ready ({pending})" if pending else "ready")
+
+    async def close(self) -> None:
+        await self.manager.close()
+
+    # -- what routes read ----------------------------------------------------------------------
     def default_model(self) -> str:
+        if not self.started and not self.manager.states:
+            raise ModelNotReady("the service is loading its models; retry shortly", retry_after_s=2)
         return self.manager.default_model()
 
     def knows(self, name: str) -> bool:
@@ -61,14 +62,62 @@ class Engine:
 
     def model(self, name: str | None, version: str | None) -> ModelInstance:
         """The instance serving ``name`` (default model when None) at ``version`` (latest when None) now."""
-        return self.manager.get(name or self.manager.default_model(), version)
+        name = name or self.default_model()
+        try:
+            return self.manager.get(name, version)
+        except ModelNotFound:
+            if self.started:
+                raise
+            raise ModelNotReady("the service is loading its models; retry shortly", retry_after_s=2) from None
 
+    def versions(self, name: str) -> list[int]:
+        return [i.version for i in self.manager.instances(name)]
+
+    def not_ready(self) -> dict[str, str]:
+        """Why the engine is not ready, per model ({} when it is); before its first load, why too."""
+        return self.manager.not_ready() if self.started else {"*": "loading models"}
+
+    def names(self) -> list[str]:
+        return self.manager.names()
+
+    async def describe(self, name: str) -> dict[str, object]:
+        m = self.manager
+        if name not in m.names():
+            raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(m.names()) or 'none'}")
+        instances = m.instances(name)
+        state = m.states.get(name, "unknown")
+        if not instances:
+            out: dict[str, object] = {"name": name, "state": state, "versions": []}
+            if name in m.fallbacks:
+                out["served_by"] = m.fallbacks[name]
+            return out
+        latest = instances[-1].describe()
+        latest["state"] = state
+        latest["versions"] = [str(i.version) for i in instances]
+        if name in m.routes:  # --runtime auto: a variant on a better runtime serves this name
+            latest["served_by"], latest["route"] = m.routes[name]
+        return latest
+
+    async def load(self, name: str) -> dict[str, object]:
+        await self.manager.load(name)
+        return await self.describe(name)
+
+    async def unload(self, name: str) -> None:
+        await self.manager.unload(name)
+
+    def refresh_gauges(self) -> None:
+        """Queue depths as of now, before /metrics renders."""
+        m = self.metrics
+        for name in self.manager.names():
+            for inst in self.manager.instances(name):
+                m.child(m.queue_depth, name).set(inst.batcher.queue_depth)
+
+    # -- the request protocol --------------------------------------------------------------------
     async def classify(self, inst: ModelInstance, images: list[bytes], top_k: int, deadline: float) -> Classified:
         """Each image's top-k, or the errors of the images that could not be decoded in their places
         (then nothing is run: the request is answered with the first one, 400 naming the image)."""
         if not images:
             return Classified([])
-        m = self.metrics
         inst.batcher.admit(len(images), deadline)
         submitted = False
         try:
@@ -77,17 +126,23 @@ class Engine:
             jobs = [loop.run_in_executor(self.pool, inst.pipeline.pre, data) for data in images]
             outcome = await asyncio.gather(*jobs, return_exceptions=True)
             preprocess_s = time.monotonic() - t_pre
-            m.child(m.preprocess_duration, inst.name).observe(preprocess_s)
-            failed = [res for res in outcome if isinstance(res, BaseException)]
-            if failed:
+            self.metrics.child(self.metrics.preprocess_duration, inst.name).observe(preprocess_s)
+            if any(isinstance(res, BaseException) for res in outcome):
                 return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
                                   preprocess_s=preprocess_s)
             submitted = True
-            answers = await inst.batcher.run_each(list(outcome), deadline, admitted=True)
+            done = await self.run_admitted(inst, list(outcome), top_k, deadline)
         finally:
             if not submitted:
                 inst.batcher.release(len(images))
-        m.child(m.queue_depth, inst.name).set(inst.batcher.queue_depth)
+        done.preprocess_s = preprocess_s
+        return done
+
+    async def run_admitted(self, inst: ModelInstance, payloads: list[Any], top_k: int,
+                           deadline: float) -> Classified:
+        """run -> post for payloads already admitted (``inst.batcher.admit``) and preprocessed."""
+        answers = await inst.batcher.run_each(payloads, deadline, admitted=True)
+        self.metrics.child(self.metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
         results: list[Predictions | ServiceError] = []
         done = [res for res in answers if not isinstance(res, BaseException)]
         queue_s = compute_s = 0.0
@@ -98,7 +153,7 @@ class Engine:
                 continue
             results.append([{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in next(preds)])
             queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])
-        return Classified(results, queue_s, preprocess_s, compute_s)
+        return Classified(results, queue_s, 0.0, compute_s)
 
     async def infer(self, inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
         """The (N, C) logits of a batch of model inputs, through admission and the dynamic batcher."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from modelrepo.layout import ModelEntry
 from modelrepo.preprocess import Preprocess
 from service.engine.batching import Batcher
@@ -30,6 +32,19 @@ class ModelInstance:
     #: the registry's word when the runtime was never run by the project's tests (TensorRT)
     runtime_untested: str = ""
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def config(self) -> mc.ModelConfig:
+        return self.entry.config
+
+    @property
+    def platform(self) -> str:
+        return self.entry.platform
+
+    @property
+    def decode(self) -> str:
+        """Where images are decoded: "cpu" (Pillow, per image) or "gpu-jpeg" (in the batch, on the device)."""
+        return self.pipeline.kind
 
     @property
     def runtime(self) -> Runtime:

@@ -17,9 +17,10 @@ from service.config import Settings
 from service.engine.batching import Batcher
 from service.engine.instance import ModelInstance
 from service.engine.loading import load_version
+from service.engine.lookup import lookup
 from service.engine.resolve import versions_to_serve
 from service.engine.routing import Served, routes
-from service.errors import ANSWERABLE, ModelNotFound, ModelNotReady
+from service.errors import ANSWERABLE, ModelNotFound
 from service.metrics import Metrics
 from service.runtimes.registry import registered
 
@@ -46,26 +47,9 @@ class ModelManager:
         return sorted(set(self.states) | set(self._instances))
 
     def get(self, name: str, version: str | None = None) -> ModelInstance:
-        if name in self.routes and not version:
-            name = self.routes[name][0]
-        versions = self._instances.get(name)
-        if not versions and name in self.fallbacks:
-            return self.get(self.fallbacks[name], version)
-        if not versions:
-            state = self.states.get(name)
-            if state is None:
-                raise ModelNotFound(
-                    f"unknown model {name!r}; served models: {', '.join(self.names()) or 'none'} (GET /models)"
-                )
-            raise ModelNotReady(f"model {name!r} is not ready ({state})", retry_after_s=2)
-        if version is None or version == "":
-            return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
-            raise ModelNotFound(
-                f"model {name!r} has no loaded version {version!r}; loaded: "
-                f"{', '.join(map(str, sorted(versions)))}"
-            )
-        return versions[int(version)]
+        loaded = {n: list(vs) for n, vs in self._instances.items()}
+        name, v = lookup(name, version, loaded, self.states, self.routes, self.fallbacks)
+        return self._instances[name][v]
 
     def instances(self, name: str) -> list[ModelInstance]:
         return [self._instances[name][v] for v in sorted(self._instances.get(name, {}))]

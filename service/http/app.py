@@ -22,9 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelrepo.errors import RepositoryError
 from service.config import Settings
-from service.engine.engine import Engine
-from service.engine.manager import ModelManager
-from service.errors import ANSWERABLE, BadParameter, RateLimited, ServiceError
+from service.engine.catalog import EngineClient
+from service.errors import BadParameter, RateLimited, ServiceError
 from service.http.auth import AccessControl, document_access
 from service.http.body_guard import BodyBudget, BodyGuard
 from service.http.cache import ResultCache
@@ -95,6 +94,19 @@ def _refusal(scope: Scope, exc: ServiceError) -> JSONResponse:
     return render_error(scope, exc, logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO)
 
 
+def engine_client(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics) -> EngineClient:
+    """The engine this front end feeds: the engine process of ``--processes N`` (whose socket the
+    supervisor names in ``ipc_dir``), else one in this process."""
+    if settings.ipc_dir:
+        from service.http.remote import RemoteEngine
+
+        return RemoteEngine(settings, pool, metrics)
+    from service.engine.engine import Engine
+    from service.engine.manager import ModelManager
+
+    return Engine(ModelManager(settings, metrics), pool, metrics)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
@@ -105,21 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
-        state.manager = ModelManager(settings, metrics)
-        state.engine = Engine(state.manager, state.pool, metrics)
-
-        async def load() -> None:
-            try:
-                await state.manager.load_all()
-            except ANSWERABLE as e:
-                logger.error("model repository: %s", e.message)
-            state.started = True
-            logger.info("startup complete: %s", "ready" if not state.manager.not_ready() else
-                        f"not ready ({state.manager.not_ready()})")
+        state.engine = engine_client(settings, state.pool, metrics)
 
         logger.info("access control: %s", access.describe())
         undo_sighup = access.keys.install_sighup()
-        loader = asyncio.get_running_loop().create_task(load())
+        loader = asyncio.get_running_loop().create_task(state.engine.start())
         if settings.processes > 1:
             # A worker of --processes N joins the shared port (uvicorn listens after this startup) only
             # once its models are loaded: the kernel never hands a connection to a worker still loading,
@@ -134,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            await state.manager.close()
+            await state.engine.close()
             state.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -149,7 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.access = access
     app.state.cache = ResultCache(settings.cache_size)
-    app.state.started = False
     app.state.draining = False
 
     @app.exception_handler(ServiceError)

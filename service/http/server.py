@@ -11,7 +11,6 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from service.config import Settings
 from service.errors import ConfigError
@@ -41,17 +40,6 @@ class _Server(uvicorn.Server):
             asyncio.get_running_loop().call_later(delay, super().handle_exit, sig, frame)
         else:
             super().handle_exit(sig, frame)
-
-
-def parse_settings(argv: list[str]) -> Settings:
-    try:
-        return Settings(_cli_parse_args=argv)
-    except ValidationError as e:
-        for err in e.errors():
-            where = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
-            print(f"error: {where}: {err['msg']} (env IMGSERVE_{'_'.join(map(str, err['loc'])).upper()})",
-                  file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:

@@ -1,12 +1,13 @@
-"""``--processes N``: N worker processes, each a whole service (its own models, batchers, event loop),
-sharing one port through SO_REUSEPORT (the kernel spreads connections over them).
+"""``--processes N``: N HTTP front ends sharing one port through SO_REUSEPORT (the kernel spreads
+connections over them) and ONE engine process that owns the models, batchers and runtimes
+(DESIGN.md §5; ``service.engine.server``), so one batcher sees all the traffic and a GPU has one
+context. They talk over a Unix socket and shared memory in a private IPC folder.
 
-One Python process parses a few thousand HTTP requests a second, while a GPU classifies tens of
-thousands of images; the GPU check measures one process against several (README, "GPU"). Workers are
-spawned (never forked: CUDA does not survive a fork), their metrics merge through
-prometheus_client's multiprocess mode, and the supervisor forwards SIGTERM/SIGINT (each worker
-drains) and SIGHUP (each re-reads its API keys file), restarts a worker that dies (at most once per
-``RESTART_BACKOFF_S``) and removes the metrics folder at exit.
+Processes are spawned (never forked: CUDA does not survive a fork); their metrics merge through
+prometheus_client's multiprocess mode. The supervisor forwards SIGTERM/SIGINT to the front ends (each
+drains), then stops the engine; SIGHUP reaches the front ends (each re-reads its API keys file). A
+process that dies is restarted alone (at most once per ``RESTART_BACKOFF_S``); the folders are removed
+at exit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ logger = logging.getLogger("service")
 
 RESTART_BACKOFF_S = 5.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: the Settings field ``ipc_dir`` as the supervisor hands it to its children
+IPC_ENV = "IMGSERVE_IPC_DIR"
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -48,71 +51,119 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def run_worker(argv: list[str]) -> None:
-    """One of --processes N (in a spawned process): the whole service on the shared port."""
-    from service.http.server import parse_settings, serve
+    """One front end of --processes N (in a spawned process): HTTP on the shared port, feeding the engine."""
+    from service.config import parse_settings
+    from service.http.server import serve
+    from service.lifetime import die_with_parent
 
+    die_with_parent()
     settings = parse_settings(argv)
     serve(settings, reuseport_socket(settings.host, settings.port))
 
 
-def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run_worker) -> int:
-    """Run ``target(argv)`` in ``n`` spawned processes until SIGTERM/SIGINT; the exit status."""
+def _ipc_dir(arenas_bytes: int) -> str:
+    """A private folder for the engine socket and the front ends' arenas: in /dev/shm (RAM) when it has
+    room for every arena (a container's default /dev/shm is 64 MB), else on disk (still shared pages)."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize >= arenas_bytes * 1.25:
+            return tempfile.mkdtemp(prefix="imgserve-ipc-", dir=shm)
+        logger.warning("%s has %d MiB free, under the %d MiB the front ends' arenas need: using a folder on "
+                       "disk instead (raise the container's shm size, e.g. docker --shm-size, or lower "
+                       "--ipc-shm-mb)", shm, st.f_bavail * st.f_frsize >> 20, arenas_bytes >> 20)
+    return tempfile.mkdtemp(prefix="imgserve-ipc-")
+
+
+class _Slot:
+    """One supervised process: what it runs, the process now, when it started."""
+
+    def __init__(self, name: str, target: Callable[[list[str]], None]) -> None:
+        self.name, self.target = name, target
+        self.proc: BaseProcess | None = None
+        self.started = 0.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.is_alive() and self.proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+
+def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run_worker,
+              engine: Callable[[list[str]], None] | None = None, arena_mb: int = 64) -> int:
+    """Run the engine process and ``n`` front ends (``target(argv)`` each, spawned) until SIGTERM/SIGINT;
+    the exit status. A process that dies is restarted alone: the front ends keep serving (503 while
+    the engine is down), the engine keeps its models while a front end comes back."""
+    if engine is None:
+        from service.engine.server import run_engine
+
+        engine = run_engine
     ctx = mp.get_context("spawn")
     own_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="imgserve-metrics-"))
+    ipc_dir = os.environ[IPC_ENV] = _ipc_dir(n * (arena_mb << 20))
     stopping = False
-    workers: list[BaseProcess] = []
-    started: dict[int, float] = {}
+    engine_slot = _Slot("engine", engine)
+    front = [_Slot(f"worker-{i}", target) for i in range(n)]
 
-    def spawn(slot: int) -> None:
-        p = ctx.Process(target=target, args=(argv,), name=f"worker-{slot}", daemon=False)
-        p.start()
-        started[slot] = time.monotonic()
-        if slot < len(workers):
-            workers[slot] = p
-        else:
-            workers.append(p)
-        logger.info("worker %d started (pid %s)", slot, p.pid)
+    def spawn(slot: _Slot) -> None:
+        slot.proc = ctx.Process(target=slot.target, args=(argv,), name=slot.name, daemon=False)
+        slot.proc.start()
+        slot.started = time.monotonic()
+        logger.info("%s started (pid %s)", slot.name, slot.proc.pid)
 
     def forward(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        for p in workers:
-            if p.is_alive() and p.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, sig)
+        for slot in front:  # the front ends drain first; the engine stops once they are gone
+            slot.signal(sig)
 
     def forward_hup(sig: int, frame: FrameType | None) -> None:
-        # each worker re-reads its API keys file; the supervisor itself would otherwise die of SIGHUP
-        for p in workers:
-            if p.is_alive() and p.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, sig)
+        for slot in front:  # each front end re-reads its API keys file; the supervisor would die of it
+            slot.signal(sig)
+
+    def reap(slot: _Slot) -> None:
+        from service.metrics import mark_process_dead
+
+        assert slot.proc is not None
+        pid = slot.proc.pid or 0
+        mark_process_dead(pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(ipc_dir, f"frontend-{pid}.arena"))  # a killed front end's shared memory
+        logger.error("%s (pid %s) exited with %s%s", slot.name, pid, slot.proc.exitcode,
+                     "; restarting it, the front ends keep running" if slot is engine_slot else "; restarting it")
+        if time.monotonic() - slot.started < RESTART_BACKOFF_S:
+            time.sleep(RESTART_BACKOFF_S)  # a process that dies at start would spin otherwise
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     signal.signal(signal.SIGHUP, forward_hup)
     try:
-        for slot in range(n):
+        spawn(engine_slot)
+        for slot in front:
             spawn(slot)
         while not stopping:
             time.sleep(0.2)
-            for slot, p in enumerate(workers):
-                if p.is_alive() or stopping:
+            for slot in [engine_slot, *front]:
+                if slot.alive() or stopping:
                     continue
-                from service.metrics import mark_process_dead
-
-                mark_process_dead(p.pid or 0)
-                logger.error("worker %d (pid %s) exited with %s", slot, p.pid, p.exitcode)
-                if time.monotonic() - started[slot] < RESTART_BACKOFF_S:
-                    time.sleep(RESTART_BACKOFF_S)  # a worker that dies at start would spin otherwise
+                reap(slot)
                 if not stopping:
                     spawn(slot)
-        for p in workers:
-            p.join()
+        for slot in front:
+            if slot.proc is not None:
+                slot.proc.join()
+        engine_slot.signal(signal.SIGTERM)
+        if engine_slot.proc is not None:
+            engine_slot.proc.join()
         # uvicorn re-raises the signal it stopped on once it has drained: that is a clean stop
         clean = {0, -signal.SIGTERM, -signal.SIGINT}
-        return max((abs(p.exitcode or 0) for p in workers if p.exitcode not in clean), default=0)
+        codes = [s.proc.exitcode for s in [engine_slot, *front] if s.proc is not None]
+        return max((abs(c or 0) for c in codes if c not in clean), default=0)
     finally:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ipc_dir, ignore_errors=True)

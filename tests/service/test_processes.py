@@ -1,4 +1,4 @@
-"""``--processes N``: workers share the port, metrics merge across them, SIGTERM stops them all."""
+"""``--processes N``: front ends share the port and feed one engine, metrics merge, SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ def test_two_workers_share_the_port_and_merge_metrics(
 ) -> None:
     srv = start_server(model_repo, tmp_path, "--processes", "2")
     try:
-        # a worker joins the port only once its models are loaded: the first ready one already serves
+        # a front end joins the port only once the engine has loaded the models: the first one already serves
         deadline = time.monotonic() + 60
-        while srv.logs().count("startup complete: ready") < 2 and time.monotonic() < deadline:
+        while srv.logs().count("Application startup complete.") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             for _ in range(12):
@@ -35,8 +35,9 @@ def test_two_workers_share_the_port_and_merge_metrics(
     finally:
         rc = srv.stop()
     logs = srv.logs()
-    assert logs.count("startup complete: ready") == 2, logs
-    assert "worker 0 started" in logs and "worker 1 started" in logs
+    assert logs.count("startup complete: ready") == 1, logs  # one engine loaded the models, once
+    assert "engine started" in logs and "worker-0 started" in logs and "worker-1 started" in logs
+    assert logs.count("connected to the engine process") == 2, logs
     assert rc == 0
 
 
@@ -94,7 +95,7 @@ def test_sighup_reaches_every_worker_and_the_supervisor_survives(model_repo: Pat
     srv = start_server(model_repo, tmp_path, "--processes", "2", "--api-keys-file", str(keys))
     try:
         deadline = time.monotonic() + 60
-        while srv.logs().count("startup complete: ready") < 2 and time.monotonic() < deadline:
+        while srv.logs().count("Application startup complete.") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         srv.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30

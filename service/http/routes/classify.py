@@ -11,8 +11,7 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from modelrepo.config import check_version
-from service.engine.engine import Engine, Predictions
-from service.engine.instance import ModelInstance
+from service.engine.catalog import EngineClient, Predictions, ServedModel
 from service.errors import (
     ANSWERABLE,
     BadParameter,
@@ -130,7 +129,7 @@ async def classify(request: Request) -> Response:
     request as the handler itself, and this is the hot path."""
     state = request.app.state
     settings = state.settings
-    engine: Engine = state.engine
+    engine: EngineClient = state.engine
     metrics = state.metrics
     cache: ResultCache = state.cache
     started = time.monotonic()
@@ -222,11 +221,11 @@ def _named(err: ServiceError, i: int, upload: Upload) -> ServiceError:
 
 
 async def _classify(
-    request: Request, inst: ModelInstance, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
+    request: Request, inst: ServedModel, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
 ) -> JSONResponse:
     state = request.app.state
     metrics = state.metrics
-    engine: Engine = state.engine
+    engine: EngineClient = state.engine
     results: list[Predictions | None] = [None] * len(uploads)
     keys = [cache.key(u.data, inst.name, inst.version, top_k) for u in uploads] if cache.enabled else []
     todo = list(range(len(uploads)))

@@ -13,11 +13,9 @@ def readiness(request: Request) -> tuple[bool, str]:
     state = request.app.state
     if state.draining:
         return False, "shutting down"
-    if not state.started:
-        return False, "loading models"
-    pending = state.manager.not_ready()
+    pending = state.engine.not_ready()
     if pending:
-        return False, "; ".join(f"{n}: {s}" for n, s in sorted(pending.items()))
+        return False, "; ".join(s if n == "*" else f"{n}: {s}" for n, s in sorted(pending.items()))
     return True, "ready"
 
 
@@ -40,10 +38,6 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    manager = request.app.state.manager
-    m = request.app.state.metrics
-    for name in manager.names():
-        for inst in manager.instances(name):
-            m.child(m.queue_depth, name).set(inst.batcher.queue_depth)
-    body, content_type = m.render(request.headers.get("accept"))
+    request.app.state.engine.refresh_gauges()
+    body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -28,8 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from tritonclient.grpc import model_config_pb2 as mc
 
 from modelrepo.config import check_version
-from service.engine.instance import ModelInstance
-from service.engine.manager import ModelManager
+from service.engine.catalog import ServedModel
 from service.errors import ANSWERABLE, BadRequest, ModelNotReady, PayloadTooLarge, as_service_error
 from service.http.errors import render_error
 from service.http.responses import JSONResponse
@@ -61,14 +60,9 @@ class _V2Route(APIRoute):
 router = APIRouter(prefix="/v2", route_class=_V2Route, tags=["v2"])
 
 
-def _manager(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.manager
-    return manager
-
-
-def _get(request: Request, name: str, version: str | None) -> ModelInstance:
-    """The instance serving ``name`` (``version``: ASCII digits, else 404)."""
-    return _manager(request).get(name, check_version(version))
+def _get(request: Request, name: str, version: str | None) -> ServedModel:
+    """The version serving ``name`` (``version``: ASCII digits, else 404)."""
+    return request.app.state.engine.model(name, check_version(version))
 
 
 def _dtype(data_type: int) -> str:
@@ -77,8 +71,8 @@ def _dtype(data_type: int) -> str:
     return "BYTES" if name == "STRING" else name
 
 
-def _io(inst: ModelInstance) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg = inst.entry.config
+def _io(inst: ServedModel) -> tuple[dict[str, Any], dict[str, Any]]:
+    cfg = inst.config
     inp, out = cfg.input[0], cfg.output[0]
     # Always a -1 batch dim: the service batches every model (max_batch_size 0 runs at batch 1).
     return (
@@ -120,12 +114,11 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
-    manager = _manager(request)
     inst = _get(request, name, version)
     inp, out = _io(inst)
-    versions = [str(version)] if version else [str(i.version) for i in manager.instances(name)]
+    versions = [str(version)] if version else [str(v) for v in request.app.state.engine.versions(inst.name)]
     return JSONResponse(
-        {"name": inst.name, "versions": versions, "platform": inst.entry.platform, "inputs": [inp], "outputs": [out]}
+        {"name": inst.name, "versions": versions, "platform": inst.platform, "inputs": [inp], "outputs": [out]}
     )
 
 
@@ -133,7 +126,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/versions/{version}/config")
 async def model_config(request: Request, name: str, version: str | None = None) -> JSONResponse:
     inst = _get(request, name, version)
-    cfg = MessageToDict(inst.entry.config, preserving_proto_field_name=True)
+    cfg = MessageToDict(inst.config, preserving_proto_field_name=True)
     for t in (*cfg.get("input", []), *cfg.get("output", [])):
         t["dims"] = [int(d) for d in t.get("dims", [])]  # protobuf JSON writes int64 as strings; Triton does not
     return JSONResponse(cfg)
@@ -170,7 +163,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _parse(body: bytes, header_len: int | None, inst: ModelInstance, max_items: int) -> _Request:
+def _parse(body: bytes, header_len: int | None, inst: ServedModel, max_items: int) -> _Request:
     """Blocking (runs in the worker pool): JSON header + binary tensors -> validated request."""
     spec, out_spec = _io(inst)
     hlen = len(body) if header_len is None else header_len
@@ -223,7 +216,7 @@ def _parse(body: bytes, header_len: int | None, inst: ModelInstance, max_items: 
     return _Request(req.get("id"), batch, _outputs(req, params, out_spec, inst), _timeout(params))
 
 
-def _outputs(req: dict[str, Any], params: dict[str, Any], spec: dict[str, Any], inst: ModelInstance) -> list[_Output]:
+def _outputs(req: dict[str, Any], params: dict[str, Any], spec: dict[str, Any], inst: ServedModel) -> list[_Output]:
     default_binary = bool(params.get("binary_data_output", False))
     asked = req.get("outputs")
     if asked is None:
@@ -308,5 +301,5 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         status, code = str(err.status), err.code
         raise
     finally:
-        known = name in _manager(request).states
+        known = request.app.state.engine.knows(name)
         metrics.request_done(name, label_version, status, time.monotonic() - started, known, code)

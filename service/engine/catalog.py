@@ -1,0 +1,146 @@
+"""What the HTTP side may know of the engine: the ``EngineClient`` protocol routes call, the
+``ServedModel`` they read, and the catalog a front end keeps of a remote engine.
+
+``service.engine.engine.Engine`` (in this process) and ``service.http.remote.RemoteEngine`` (the engine
+process of ``--processes N``) both implement ``EngineClient``. The catalog is built in the engine
+process (``service.engine.server``), sent as plain data and read back here (``Catalog``), whose ``get``
+answers as the manager's does (``service.engine.lookup``). A ``ModelView`` carries what routes read of
+a served version: never a runtime or a batcher. Nothing here imports a runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from modelrepo.preprocess import Preprocess
+from service.engine.lookup import lookup
+from service.errors import BadImage, ServiceError
+
+#: one image's top-k: ``{"index", "label", "score"}`` per class, best first
+Predictions = list[dict[str, object]]
+
+
+@dataclass
+class Classified:
+    """One classify call's answer: per image (in the order sent) its predictions or its own error."""
+
+    results: list[Predictions | ServiceError]
+    queue_s: float = 0.0
+    preprocess_s: float = 0.0
+    compute_s: float = 0.0
+
+
+def image_error(err: BaseException) -> ServiceError:
+    """An image's own failure as the error its caller gets (an unexpected decoder error is a bad image)."""
+    if isinstance(err, ServiceError):
+        return err
+    if isinstance(err, Exception):
+        return BadImage(f"could not be processed: {type(err).__name__}: {err}")
+    raise err  # CancelledError, KeyboardInterrupt: not an image's fault
+
+
+class ServedModel(Protocol):
+    """What a route reads of the model version serving a request."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def labels(self) -> list[str]: ...
+    @property
+    def default_timeout_s(self) -> float: ...
+    @property
+    def weights(self) -> str: ...
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+    @property
+    def config(self) -> mc.ModelConfig: ...
+    @property
+    def platform(self) -> str: ...
+    @property
+    def preprocess(self) -> Preprocess: ...
+    @property
+    def decode(self) -> str: ...
+
+
+class EngineClient(Protocol):
+    """What routes call: resolve a model, run a request through admit -> pre -> run -> post -> release,
+    manage models. Errors are ServiceErrors (rendered by ``service.http.errors``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def default_model(self) -> str: ...
+    def knows(self, name: str) -> bool: ...
+    def model(self, name: str | None, version: str | None) -> Any: ...
+    def versions(self, name: str) -> list[int]: ...
+    def not_ready(self) -> dict[str, str]: ...
+    def names(self) -> list[str]: ...
+    async def describe(self, name: str) -> Any: ...
+    async def load(self, name: str) -> Any: ...
+    async def unload(self, name: str) -> None: ...
+    def refresh_gauges(self) -> None: ...
+    async def classify(self, inst: Any, images: list[bytes], top_k: int, deadline: float) -> Classified: ...
+    async def infer(self, inst: Any, batch: np.ndarray, deadline: float) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    version: int
+    labels: list[str]
+    default_timeout_s: float
+    weights: str
+    input_shape: tuple[int, ...]
+    config: mc.ModelConfig
+    platform: str
+    preprocess: Preprocess
+    #: "cpu" (the front end may decode and send pixels) or "gpu-jpeg" (the engine decodes the bytes)
+    decode: str
+    #: what the request named (the engine resolves it again: a reload may have moved it meanwhile)
+    requested: tuple[str, str | None] = ("", None)
+
+
+def parse_view(d: dict[str, Any]) -> ModelView:
+    resize, crop, mean, std, interp = d["preprocess"]
+    return ModelView(
+        name=d["name"], version=int(d["version"]), labels=list(d["labels"]), default_timeout_s=float(d["timeout_s"]),
+        weights=d["weights"], input_shape=tuple(d["input_shape"]),
+        config=text_format.Parse(d["config"], mc.ModelConfig()), platform=d["platform"], decode=d["decode"],
+        preprocess=Preprocess(resize_shorter=resize, crop=crop, mean=tuple(mean), std=tuple(std),
+                              interpolation=interp),
+    )
+
+
+@dataclass
+class Catalog:
+    gen: str = ""
+    started: bool = False
+    not_ready: dict[str, str] = field(default_factory=dict)
+    default: str | None = None
+    states: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    loaded: dict[str, dict[int, ModelView]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> Catalog:
+        return cls(
+            gen=d["gen"], started=d["started"], not_ready=dict(d["not_ready"]), default=d["default"],
+            states=dict(d["states"]), routes={k: (v[0], v[1]) for k, v in d["routes"].items()},
+            fallbacks=dict(d["fallbacks"]),
+            loaded={n: {v.version: v for v in map(parse_view, vs)} for n, vs in d["loaded"].items()},
+        )
+
+    def get(self, name: str, version: str | None) -> ModelView:
+        loaded = {n: list(vs) for n, vs in self.loaded.items()}
+        n, v = lookup(name, version, loaded, self.states, self.routes, self.fallbacks)
+        return self.loaded[n][v]
+
+    def names(self) -> list[str]:
+        return sorted(set(self.states) | set(self.loaded))

@@ -1,0 +1,257 @@
+"""The engine process of ``--processes N`` (DESIGN.md §5): the models, batchers, instance pools and
+runtimes of one device, serving the front ends over a Unix socket (``service.engine.wire``).
+
+Each front end connects, says where its shared memory arena is (``Hello``) and then sends requests;
+each runs as its own task and is answered on its connection when done. An ``Admit`` reserves queue
+room before the front end decodes (deadline-aware admission decided here, rendered there as 503 +
+Retry-After); the ``Classify`` that follows runs under that reservation, and a front end that goes
+away gives back whatever it still held. ``status`` and ``catalog`` calls tell the front ends what is
+served and whether it is ready; ``load``/``unload``/``describe`` forward the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelrepo.config import format_config
+from service.config import Settings
+from service.engine import wire
+from service.engine.arena import ArenaView
+from service.engine.engine import Engine
+from service.engine.instance import ModelInstance
+from service.engine.manager import ModelManager
+from service.errors import ANSWERABLE, BadRequest
+from service.metrics import Metrics
+
+logger = logging.getLogger("service.engine")
+
+def view_data(inst: ModelInstance) -> dict[str, Any]:
+    pp = inst.preprocess
+    return {
+        "name": inst.name, "version": inst.version, "labels": inst.labels, "timeout_s": inst.default_timeout_s,
+        "weights": inst.weights, "input_shape": list(inst.input_shape), "config": format_config(inst.config),
+        "platform": inst.platform, "decode": inst.decode,
+        "preprocess": [pp.resize_shorter, pp.crop, list(pp.mean), list(pp.std), pp.interpolation],
+    }
+
+
+def generation(manager: ModelManager) -> str:
+    """Changes whenever what the catalog says changes (a load, unload, failure or reroute)."""
+    loaded = sorted((n, i.version, i.loaded_at) for n in manager.names() for i in manager.instances(n))
+    return repr((loaded, sorted(manager.states.items()), sorted(manager.routes.items()),
+                 sorted(manager.fallbacks.items())))
+
+
+def status(manager: ModelManager, started: bool) -> dict[str, Any]:
+    """The small part a front end polls: readiness and the generation of the full catalog."""
+    return {"gen": generation(manager), "started": started, "not_ready": manager.not_ready()}
+
+
+def snapshot(manager: ModelManager, started: bool) -> dict[str, Any]:
+    try:
+        default: str | None = manager.default_model()
+    except Exception:  # noqa: BLE001 - no model at all: requests get the manager's 404 through lookup
+        default = None
+    return {
+        **status(manager, started),
+        "default": default,
+        "states": dict(manager.states),
+        "routes": {k: list(v) for k, v in manager.routes.items()},
+        "fallbacks": dict(manager.fallbacks),
+        "loaded": {n: [view_data(i) for i in manager.instances(n)] for n in manager.names()},
+    }
+
+
+class _Connection:
+    """One front end: its arena, its admissions, its requests in flight."""
+
+    def __init__(self, engine: Engine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.engine, self.reader, self.writer = engine, reader, writer
+        self.view: ArenaView | None = None
+        self.admitted: dict[int, tuple[ModelInstance, int]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.name = "?"
+
+    async def run(self) -> None:
+        try:
+            hello = await wire.read(self.reader)
+            if not isinstance(hello, wire.Hello):
+                raise ValueError(f"expected Hello, got {type(hello).__name__}")
+            self.name, self.view = hello.frontend, ArenaView(hello.arena, hello.arena_size)
+            logger.info("front end %s connected", self.name)
+            while True:
+                msg = await wire.read(self.reader)
+                if isinstance(msg, wire.Admit):
+                    self._admit(msg)
+                elif isinstance(msg, wire.Release):
+                    self._release(msg.id)
+                else:
+                    task = asyncio.get_running_loop().create_task(self._answer(msg))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the front end went away (exit, crash): what it held is given back below
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for rid in list(self.admitted):
+            self._release(rid)
+        if self.view is not None:
+            self.view.close()
+        self.writer.close()
+        logger.info("front end %s disconnected", self.name)
+
+    def _send(self, msg: wire.Reply) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode(msg))
+
+    def _admit(self, msg: wire.Admit) -> None:
+        try:
+            inst = self.engine.model(msg.model, msg.version)
+            inst.batcher.admit(msg.n, msg.deadline)
+        except ANSWERABLE as e:
+            self._send(wire.Reply(msg.id, error=wire.failure(e)))
+            return
+        self.admitted[msg.id] = (inst, msg.n)
+        self._send(wire.Reply(msg.id, ok=[inst.name, inst.version]))
+
+    def _release(self, rid: int) -> None:
+        held = self.admitted.pop(rid, None)
+        if held is not None:
+            held[0].batcher.release(held[1])
+
+    async def _answer(self, msg: wire.Message) -> None:
+        rid = getattr(msg, "id", 0)
+        try:
+            reply = await self._dispatch(msg)
+        except ANSWERABLE as e:
+            reply = wire.Reply(rid, error=wire.failure(e))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, not the request's fault: answered 500, the engine keeps serving
+            logger.exception("engine: %s %s failed", type(msg).__name__, rid)
+            reply = wire.Reply(rid, error=wire.Failure(500, "internal_error", f"{type(e).__name__}: {e}"))
+        self._send(reply)
+        await self.writer.drain()
+
+    def _payload(self, blob: wire.Blob) -> Any:
+        assert self.view is not None
+        if blob.shape:
+            if blob.data is not None:
+                return np.frombuffer(blob.data, dtype=np.float32).reshape(blob.shape)
+            return self.view.array(blob.offset, blob.shape)
+        return blob.data if blob.data is not None else self.view.bytes(blob.offset, blob.size)
+
+    async def _dispatch(self, msg: wire.Message) -> wire.Reply:
+        e = self.engine
+        if isinstance(msg, wire.Classify):
+            payloads = [self._payload(b) for b in msg.images]
+            if msg.admitted:
+                held = self.admitted.pop(msg.id, None)
+                if held is None:
+                    raise BadRequest(f"classify {msg.id} was not admitted")
+                done = await e.run_admitted(held[0], payloads, msg.top_k, msg.deadline)
+            else:
+                done = await e.classify(e.model(msg.model, msg.version), payloads, msg.top_k, msg.deadline)
+            results = [None if isinstance(r, Exception) else r for r in done.results]
+            errors = [wire.failure(r) if isinstance(r, Exception) else None for r in done.results]
+            ok = {"results": results, "queue_s": done.queue_s, "preprocess_s": done.preprocess_s,
+                  "compute_s": done.compute_s}
+            return wire.Reply(msg.id, ok=ok, image_errors=errors if any(errors) else None)
+        if isinstance(msg, wire.Infer):
+            logits = await e.infer(e.model(msg.model, msg.version), self._payload(msg.batch), msg.deadline)
+            return wire.Reply(msg.id, ok={"logits": logits.tobytes(), "shape": list(logits.shape)})
+        if isinstance(msg, wire.Call):
+            return wire.Reply(msg.id, ok=await self._call(msg))
+        raise BadRequest(f"unexpected message {type(msg).__name__}")
+
+    async def _call(self, msg: wire.Call) -> Any:
+        e = self.engine
+        if msg.op == "status":
+            e.refresh_gauges()  # the front ends poll often: queue depths stay fresh in the merged /metrics
+            return status(e.manager, e.started)
+        if msg.op == "catalog":
+            return snapshot(e.manager, e.started)
+        if msg.op == "describe":
+            return await e.describe(msg.name)
+        if msg.op == "load":
+            return await e.load(msg.name)
+        if msg.op == "unload":
+            await e.unload(msg.name)
+            return None
+        raise BadRequest(f"unknown engine call {msg.op!r}")
+
+
+async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> None:
+    metrics = Metrics()
+    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
+    engine = Engine(ModelManager(settings, metrics), pool, metrics)
+    conns: set[asyncio.Task[None]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conns.add(task)
+        try:
+            await _Connection(engine, reader, writer).run()
+        finally:
+            conns.discard(task)
+
+    server = await asyncio.start_unix_server(accept, path=str(path), limit=wire.MAX_FRAME)
+    logger.info("engine process %d serving on %s", os.getpid(), path)
+    loader = asyncio.get_running_loop().create_task(engine.start())
+    try:
+        await stop.wait()
+    finally:
+        logger.info("engine process %d stopping", os.getpid())
+        server.close()
+        loader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loader
+        for t in list(conns):
+            t.cancel()
+        await asyncio.gather(*conns, return_exceptions=True)
+        await engine.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_engine(argv: list[str]) -> None:
+    """The engine process (spawned by the supervisor): serve until SIGTERM. SIGINT is the supervisor's
+    to handle (a terminal's Ctrl-C reaches every process of the group): the engine stops only once
+    the front ends have drained."""
+    from service.config import parse_settings
+    from service.lifetime import die_with_parent
+    from service.logging import configure_logging
+
+    die_with_parent()
+    settings = parse_settings(argv)
+    configure_logging(settings.log_format, settings.log_level)
+    if not settings.ipc_dir:
+        raise SystemExit("the engine process needs --ipc-dir (the supervisor of --processes N sets it)")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        await serve_engine(settings, path, stop)
+
+    path = wire.socket_path(settings.ipc_dir)
+    path.unlink(missing_ok=True)  # a killed engine's socket: the new one takes its place
+    try:
+        asyncio.run(main())
+    finally:
+        path.unlink(missing_ok=True)

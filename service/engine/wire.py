@@ -1,0 +1,143 @@
+"""The messages between a front end and the engine process (``--processes N``, DESIGN.md §5).
+
+Frames on the engine's Unix socket are a 4-byte little-endian length and one MessagePack-encoded
+``msgspec`` struct, tagged by type. Images never ride in them when they fit the front end's shared
+memory arena (``service.engine.arena``): a ``Blob`` names a region of it; the bytes travel inline only
+when the arena is full at that moment. Nothing is pickled.
+
+Every request carries an ``id`` the engine echoes in its ``Reply``; replies come back on the connection
+the request came in on, in whatever order they finish. Deadlines are ``time.monotonic()`` values:
+CLOCK_MONOTONIC is one clock for every process of the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from modelrepo.errors import RepositoryError
+from service.errors import RemoteError, ServiceError, as_service_error
+
+#: largest frame accepted: an inline image is at most --max-upload-bytes; the rest is small
+MAX_FRAME = 1 << 30
+_LEN = struct.Struct("<I")
+
+#: the engine's socket in the supervisor's IPC folder (one engine per device; the CPU's is "cpu")
+SOCKET = "engine-{device}.sock"
+
+
+def socket_path(ipc_dir: str, device: str = "cpu") -> Path:
+    return Path(ipc_dir) / SOCKET.format(device=device)
+
+
+class Blob(msgspec.Struct, array_like=True):
+    """Bytes in the sender's arena (``offset``, ``size``), or inline when ``data`` is set."""
+
+    offset: int
+    size: int
+    data: bytes | None = None
+    #: pixels: the float32 array's shape (empty for encoded image bytes)
+    shape: tuple[int, ...] = ()
+
+
+class Hello(msgspec.Struct, tag=True):
+    """First frame of a connection: who is calling and where its arena is."""
+
+    frontend: str
+    arena: str
+    arena_size: int
+
+
+class Admit(msgspec.Struct, tag=True):
+    """Reserve queue room for ``n`` images (deadline-aware); answered before the front end decodes."""
+
+    id: int
+    model: str
+    version: str | None
+    n: int
+    deadline: float
+
+
+class Release(msgspec.Struct, tag=True):
+    """Give back an admission whose images will not come (one failed to decode); no reply."""
+
+    id: int
+
+
+class Classify(msgspec.Struct, tag=True):
+    """Classify ``images``: pixels under the admission ``id``, or encoded bytes (admitted here)."""
+
+    id: int
+    model: str
+    version: str | None
+    top_k: int
+    deadline: float
+    images: list[Blob]
+    admitted: bool = False
+
+
+class Infer(msgspec.Struct, tag=True):
+    """KServe v2: the logits of a float32 batch of model inputs."""
+
+    id: int
+    model: str
+    version: str | None
+    deadline: float
+    batch: Blob
+
+
+class Call(msgspec.Struct, tag=True):
+    """Model management and status: ``catalog``, ``describe``, ``load``, ``unload``."""
+
+    id: int
+    op: str
+    name: str = ""
+
+
+class Failure(msgspec.Struct, array_like=True):
+    """A ServiceError as data: the front end raises it again and renders it."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = {}
+
+
+class Reply(msgspec.Struct, tag=True):
+    id: int
+    ok: Any = None
+    error: Failure | None = None
+    #: per image: its own error (an undecodable image), None where it has predictions in ``ok``
+    image_errors: list[Failure | None] | None = None
+
+
+def failure(exc: ServiceError | RepositoryError) -> Failure:
+    err = as_service_error(exc)
+    return Failure(err.status, err.code, err.message, dict(err.headers))
+
+
+def raised(f: Failure) -> RemoteError:
+    return RemoteError(f.status, f.code, f.message, f.headers)
+
+
+Message = Hello | Admit | Release | Classify | Infer | Call | Reply
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(msg: Message) -> bytes:
+    body = _encoder.encode(msg)
+    return _LEN.pack(len(body)) + body
+
+
+async def read(reader: asyncio.StreamReader) -> Message:
+    """The next message; ``asyncio.IncompleteReadError`` when the peer has gone."""
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes is over the limit of {MAX_FRAME}")
+    return _decoder.decode(await reader.readexactly(size))

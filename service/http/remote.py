@@ -1,0 +1,292 @@
+"""A front end's engine: the engine process of ``--processes N``, reached over its Unix socket.
+
+``RemoteEngine`` implements ``EngineClient`` as the in-process ``Engine`` does, so routes cannot tell
+them apart. It keeps a copy of the engine's catalog (polled every ``POLL_S``; fetched again when its
+generation changes) to resolve models and validate requests without a round trip; images go through
+this front end's shared memory arena. For a model whose images are decoded on the CPU the front end
+decodes and preprocesses them itself (the front ends decode in parallel, with no GIL shared with the
+engine) after the engine admitted the request; for a GPU-decode model it sends the JPEG bytes.
+
+When the engine's connection drops (the engine died), every request in flight fails at once with 503
+``engine_unavailable``, readiness turns 503 with the reason, and the connection is retried until the
+supervisor's new engine answers; the front end itself keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import Executor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from service.config import Settings
+from service.engine import wire
+from service.engine.arena import Arena
+from service.engine.catalog import Catalog, Classified, ModelView, Predictions, image_error
+from service.engine.preprocess import Normalizer, preprocess
+from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, ServiceError
+from service.metrics import Metrics
+
+logger = logging.getLogger("service.http")
+
+POLL_S = 0.25
+RECONNECT_S = 0.05
+
+
+class RemoteEngine:
+    def __init__(self, settings: Settings, pool: Executor, metrics: Metrics) -> None:
+        assert settings.ipc_dir
+        self.settings, self.pool, self.metrics = settings, pool, metrics
+        self.path = wire.socket_path(settings.ipc_dir)
+        path = Path(settings.ipc_dir) / f"frontend-{os.getpid()}.arena"
+        try:
+            self.arena = Arena(path, settings.ipc_shm_mb << 20)
+        except OSError as e:
+            raise ConfigError(f"cannot reserve {settings.ipc_shm_mb} MiB of shared memory at {path}: {e}; "
+                              "lower --ipc-shm-mb or give the container more shared memory") from e
+        self.catalog = Catalog()
+        self.down = "connecting to the engine process"
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        #: request id -> (the caller's future, the arena regions its images hold until the reply)
+        self._pending: dict[int, tuple[asyncio.Future[wire.Reply], list[tuple[int, int]]]] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pre: dict[tuple[str, int], Any] = {}
+
+    # -- connection --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect (retrying while the engine starts) and wait until it has loaded its models."""
+        self._task = asyncio.get_running_loop().create_task(self._maintain())
+        await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.arena.close()
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=wire.MAX_FRAME)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            writer.write(wire.encode(wire.Hello(f"pid {os.getpid()}", str(self.arena.path), self.arena.size)))
+            self._writer = writer
+            poller = asyncio.get_running_loop().create_task(self._poll())
+            try:
+                await self._read(reader)
+            finally:
+                poller.cancel()
+                self._writer = None
+                writer.close()
+                self._lost()
+
+    def _lost(self) -> None:
+        was_up = not self.down
+        self.down = "the engine process is down (the supervisor restarts it)"
+        failed = 0
+        for fut, regions in self._pending.values():
+            for off, size in regions:
+                self.arena.free(off, size)
+            if not fut.done():
+                fut.set_exception(EngineUnavailable(f"{self.down}; retry after the Retry-After delay"))
+                failed += 1
+        self._pending.clear()
+        self.catalog = Catalog()
+        if was_up:
+            logger.error("lost the engine process: %d request(s) in flight answered 503; reconnecting", failed)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                msg = await wire.read(reader)
+                if not isinstance(msg, wire.Reply):
+                    continue
+                fut, regions = self._pending.pop(msg.id, (None, []))
+                for off, size in regions:
+                    self.arena.free(off, size)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the engine went away
+        except (ValueError, msgspec.DecodeError) as e:  # a frame this side cannot read: start afresh
+            logger.error("unreadable message from the engine process (%s): reconnecting", e)
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(ServiceError):
+                st = await self._call("status")
+                if st["gen"] != self.catalog.gen:
+                    self.catalog = Catalog.parse(await self._call("catalog"))
+                    self._pre.clear()
+                else:
+                    self.catalog.not_ready, self.catalog.started = dict(st["not_ready"]), st["started"]
+                if self.down:
+                    logger.info("connected to the engine process (%s)", self.path)
+                self.down = ""
+                if self.catalog.started:
+                    self._ready.set()
+            await asyncio.sleep(POLL_S)
+
+    async def _request(self, msg: wire.Message, regions: list[tuple[int, int]] | None = None) -> wire.Reply:
+        writer = self._writer
+        if writer is None or self.down and not isinstance(msg, wire.Call):
+            for off, size in regions or []:
+                self.arena.free(off, size)
+            raise EngineUnavailable(f"{self.down or 'the engine process is not connected'}; retry shortly")
+        fut: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        rid = getattr(msg, "id", 0)
+        self._pending[rid] = (fut, regions or [])
+        writer.write(wire.encode(msg))
+        await writer.drain()
+        reply = await fut
+        if reply.error is not None:
+            raise wire.raised(reply.error)
+        return reply
+
+    async def _call(self, op: str, name: str = "") -> Any:
+        return (await self._request(wire.Call(next(self._ids), op, name))).ok
+
+    def _send(self, msg: wire.Message) -> None:
+        if self._writer is not None:
+            self._writer.write(wire.encode(msg))
+
+    # -- what routes read ----------------------------------------------------------------------
+    def default_model(self) -> str:
+        if self.down:
+            raise EngineUnavailable(f"{self.down}; retry shortly")
+        if self.catalog.default is None:
+            if not self.catalog.started:
+                raise ModelNotReady("the engine process is loading its models; retry shortly", retry_after_s=2)
+            raise ModelNotFound("no model is served: export one into the repository and load it")
+        return self.catalog.default
+
+    def knows(self, name: str) -> bool:
+        return name in self.catalog.states
+
+    def model(self, name: str | None, version: str | None) -> ModelView:
+        if self.down:
+            raise EngineUnavailable(f"{self.down}; retry shortly")
+        name = name or self.default_model()
+        try:
+            view = self.catalog.get(name, version)
+        except ModelNotFound:
+            if self.catalog.started:
+                raise
+            raise ModelNotReady("the engine process is loading its models; retry shortly", retry_after_s=2) from None
+        return dataclasses.replace(view, requested=(name, version))
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.catalog.loaded.get(name, {}))
+
+    def not_ready(self) -> dict[str, str]:
+        if self.down:
+            return {"*": self.down}
+        return {"*": "loading models"} if not self.catalog.started else dict(self.catalog.not_ready)
+
+    def names(self) -> list[str]:
+        return self.catalog.names()
+
+    async def describe(self, name: str) -> Any:
+        return await self._call("describe", name)
+
+    async def load(self, name: str) -> Any:
+        out = await self._call("load", name)
+        self.catalog = Catalog.parse(await self._call("catalog"))
+        return out
+
+    async def unload(self, name: str) -> None:
+        await self._call("unload", name)
+        self.catalog = Catalog.parse(await self._call("catalog"))
+
+    def refresh_gauges(self) -> None:
+        """The engine process refreshes its queue-depth gauges when polled; nothing to do here."""
+
+    # -- the request protocol --------------------------------------------------------------------
+    def _blobs(self, payloads: list[Any]) -> tuple[list[wire.Blob], list[tuple[int, int]]]:
+        """Each payload into the arena (inline when it is full right now), and the regions taken."""
+        blobs, regions = [], []
+        for p in payloads:
+            shape = tuple(p.shape) if isinstance(p, np.ndarray) else ()
+            nbytes = p.nbytes if isinstance(p, np.ndarray) else len(p)
+            off = self.arena.put(p)
+            if off is None:
+                data = p.astype(np.float32, copy=False).tobytes() if shape else bytes(p)
+                blobs.append(wire.Blob(0, nbytes, data, shape))
+            else:
+                blobs.append(wire.Blob(off, nbytes, None, shape))
+                regions.append((off, nbytes))
+        return blobs, regions
+
+    def _pixels(self, view: ModelView) -> bool:
+        mode = self.settings.ipc_payload
+        return mode == "pixels" or (mode == "auto" and view.decode == "cpu")
+
+    def _preprocessor(self, view: ModelView) -> Any:
+        key = (view.name, view.version)
+        if key not in self._pre:
+            pp = view.preprocess
+            self._pre[key] = partial(preprocess, pp=pp, max_pixels=self.settings.max_image_pixels,
+                                     normalizer=Normalizer(pp))
+        return self._pre[key]
+
+    async def classify(self, view: ModelView, images: list[bytes], top_k: int, deadline: float) -> Classified:
+        if not images:
+            return Classified([])
+        name, version = view.requested
+        if not self._pixels(view):
+            blobs, regions = self._blobs(list(images))
+            reply = await self._request(wire.Classify(next(self._ids), name, version, top_k, deadline, blobs), regions)
+            return _classified(reply)
+        rid = next(self._ids)
+        await self._request(wire.Admit(rid, name, version, len(images), deadline))
+        submitted = False
+        try:
+            t0 = time.monotonic()
+            loop = asyncio.get_running_loop()
+            pre = self._preprocessor(view)
+            outcome = await asyncio.gather(*(loop.run_in_executor(self.pool, pre, d) for d in images),
+                                           return_exceptions=True)
+            preprocess_s = time.monotonic() - t0
+            self.metrics.child(self.metrics.preprocess_duration, view.name).observe(preprocess_s)
+            if any(isinstance(r, BaseException) for r in outcome):
+                return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
+                                  preprocess_s=preprocess_s)
+            blobs, regions = self._blobs(list(outcome))
+            submitted = True
+            msg = wire.Classify(rid, name, version, top_k, deadline, blobs, admitted=True)
+            done = _classified(await self._request(msg, regions))
+        finally:
+            if not submitted:
+                self._send(wire.Release(rid))
+        done.preprocess_s = preprocess_s
+        return done
+
+    async def infer(self, view: ModelView, batch: np.ndarray, deadline: float) -> np.ndarray:
+        name, version = view.requested
+        blobs, regions = self._blobs([np.ascontiguousarray(batch, dtype=np.float32)])
+        reply = await self._request(wire.Infer(next(self._ids), name, version, deadline, blobs[0]), regions)
+        return np.frombuffer(reply.ok["logits"], dtype=np.float32).reshape(reply.ok["shape"])
+
+
+def _classified(reply: wire.Reply) -> Classified:
+    ok = reply.ok
+    errors = reply.image_errors or [None] * len(ok["results"])
+    results: list[Predictions | ServiceError] = [
+        wire.raised(f) if f is not None else r for r, f in zip(ok["results"], errors, strict=True)
+    ]
+    return Classified(results, ok["queue_s"], ok["preprocess_s"], ok["compute_s"])
