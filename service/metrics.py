@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def _latency(registry: CollectorRegistry, name: str, doc: str) -> Histogram:
+    return Histogram(name, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=registry)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -44,10 +49,7 @@ class Metrics:
             "inference_requests", "Classification requests by outcome", ["model", "version", "status"], registry=r
         )
         self.images = Counter("inference_images", "Images classified", ["model", "version"], registry=r)
-
-        def latency(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-
+        latency = partial(_latency, r)
         self.request_duration = latency("inference_request_duration_seconds", "End-to-end request time")
         self.queue_duration = latency("inference_queue_duration_seconds", "Time an image waited for its batch")
         self.preprocess_duration = latency(
@@ -93,19 +95,22 @@ class Metrics:
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiproc_dir = multiproc_dir()
-        # In multi-process mode the label-less gauge above is already an mmap file named by this pid.
-        if self.multiproc_dir is not None and not any(Path(self.multiproc_dir).glob(f"*_{os.getpid()}.db")):
-            # prometheus_client was imported before the variable was set (the choice is made at import):
-            # this process counts in memory only and its samples are missing from every worker's /metrics.
-            logger.error(
-                "%s is set but prometheus_client was imported before it was: this process's metrics are not "
-                "shared (set it before the worker process starts, i.e. spawn workers, do not fork)", MULTIPROC_ENV,
-            )
+        self._check_shared()
         # GPUs are per host, not per worker: collected live by whichever process renders, never merged.
         self.gpu = _GpuCollector.create()
         if self.gpu is not None:
             r.register(self.gpu)
 
+
+    def _check_shared(self) -> None:
+        """In multi-process mode the label-less gauges are already mmap files named by this pid; none means
+        prometheus_client was imported before the variable was set (it chooses at import): this process
+        counts in memory only and its samples are missing from every process's /metrics."""
+        if self.multiproc_dir is not None and not any(Path(self.multiproc_dir).glob(f"*_{os.getpid()}.db")):
+            logger.error(
+                "%s is set but prometheus_client was imported before it was: this process's metrics are not "
+                "shared (set it before the worker process starts, i.e. spawn workers, do not fork)", MULTIPROC_ENV,
+            )
 
     def render(self, accept_header: str | None = None) -> tuple[bytes, str]:
         """The /metrics body and its content type (OpenMetrics when the scraper asks for it). Under

@@ -141,3 +141,18 @@ def test_a_front_end_loads_no_runtime_and_no_engine_internals() -> None:
     forbidden = ("onnxruntime", "openvino", "torch", "tensorrt", "service.engine.manager",
                  "service.engine.loading", "service.engine.batching", "service.engine.server")
     assert [m for m in out if m.split(".")[0] in forbidden[:4] or m in forbidden] == []
+
+
+@pytest.mark.parametrize("package", ["service", "modelrepo"])
+def test_modules_and_functions_stay_small(package: str) -> None:
+    """House style: a module past ~400 lines or a function past ~60 is split."""
+    long_modules, long_functions = [], []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            long_modules.append(str(path.relative_to(ROOT)))
+        for node in ast.walk(ast.parse(text)):
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and node.end_lineno is not None and node.end_lineno - node.lineno + 1 > 60:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert (long_modules, long_functions) == ([], [])

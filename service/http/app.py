@@ -107,25 +107,19 @@ def engine_client(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics
     return Engine(ModelManager(settings, metrics), pool, metrics)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
-    access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
-    metrics = Metrics()
-
+def _lifespan(settings: Settings, access: AccessControl, metrics: Metrics) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
         state.engine = engine_client(settings, state.pool, metrics)
-
         logger.info("access control: %s", access.describe())
         undo_sighup = access.keys.install_sighup()
         loader = asyncio.get_running_loop().create_task(state.engine.start())
         if settings.processes > 1:
-            # A worker of --processes N joins the shared port (uvicorn listens after this startup) only
-            # once its models are loaded: the kernel never hands a connection to a worker still loading,
-            # while the workers that are ready serve.
+            # A front end of --processes N joins the shared port (uvicorn listens after this startup) only
+            # once the engine has loaded the models: the kernel never hands a connection to one that could
+            # only answer 503 while others serve.
             await asyncio.shield(loader)
         try:
             yield
@@ -139,20 +133,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.engine.close()
             state.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
-        title="imgserve",
-        summary="Image classification with dynamic batching over OpenVINO / ONNX Runtime / TensorRT",
-        lifespan=lifespan,
-        default_response_class=JSONResponse,
-        docs_url=None,
-        redoc_url=None,
-    )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.access = access
-    app.state.cache = ResultCache(settings.cache_size)
-    app.state.draining = False
+    return lifespan
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     @app.exception_handler(RepositoryError)
     async def _service_error(request: Request, exc: ServiceError | RepositoryError) -> JSONResponse:
@@ -166,6 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             msgs.append(f"{where}: {err.get('msg')}")
         return render_error(request.scope, BadParameter("; ".join(msgs) or "invalid request"))
 
+
+def _add_routes(app: FastAPI) -> None:
     app.router.add_route("/classify", classify.classify, methods=["POST"], include_in_schema=False)
     fastapi_openapi = app.openapi
 
@@ -181,6 +167,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(v2.router)
     _add_pages(app)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
+    access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
+    metrics = Metrics()
+    app = FastAPI(
+        title="imgserve",
+        summary="Image classification with dynamic batching over OpenVINO / ONNX Runtime / TensorRT",
+        lifespan=_lifespan(settings, access, metrics),
+        default_response_class=JSONResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.access = access
+    app.state.cache = ResultCache(settings.cache_size)
+    app.state.draining = False
+    _add_error_handlers(app)
+    _add_routes(app)
     # inside RequestContext: a request refused by access control never reserves body bytes
     app.add_middleware(BodyGuard, budget=BodyBudget(settings.max_body_bytes_in_flight),
                        min_rate=settings.body_min_rate, grace_s=settings.body_timeout_s,

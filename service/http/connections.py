@@ -104,69 +104,72 @@ def _raw_response(status: str, code: str, message: str, retry_after: bool) -> by
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a ConnectionGuard's caps and head deadline."""
+
+    guard: ConnectionGuard
+    _peer = "-"
+    _counted = False
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._peer = self.client[0] if self.client else "-"
+        reason = self.guard.admit(self._peer)
+        if reason is not None:
+            self.guard.refused(reason)
+            logger.debug("connection from %s refused: %s", self._peer, reason)
+            what = "this client address has" if reason == "client_connections" else "the server has"
+            limit = self.guard.max_per_client if reason == "client_connections" else self.guard.max_total
+            transport.write(_raw_response(
+                "503 Service Unavailable", "too_many_connections",
+                f"{what} {limit} connections open, the most allowed: reuse keep-alive connections "
+                "or open fewer at once, then retry", retry_after=True))
+            transport.close()
+            return
+        self._counted = True
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._counted:
+            self._counted = False
+            self.guard.release(self._peer)
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # the next request's head has arrived already
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self._arm_head_timer()  # the next request's head: uvicorn's keep-alive timer runs meanwhile
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.guard.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a request is being served: its head did arrive
+        self.guard.refused("header_timeout")
+        logger.debug("connection from %s closed: request head not complete in %.1f s", self._peer,
+                     self.guard.header_timeout_s)
+        self.transport.write(_raw_response(
+            "408 Request Timeout", "request_timeout",
+            f"the request head (request line and headers) did not arrive within {self.guard.header_timeout_s:g} s",
+            retry_after=False))
+        self.transport.close()
+
+
 def guarded_protocol(guard: ConnectionGuard) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with ``guard``'s caps and head deadline (pass as ``Config(http=...)``)."""
-
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _peer = "-"
-        _counted = False
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._peer = self.client[0] if self.client else "-"
-            reason = guard.admit(self._peer)
-            if reason is not None:
-                guard.refused(reason)
-                logger.debug("connection from %s refused: %s", self._peer, reason)
-                what = "this client address has" if reason == "client_connections" else "the server has"
-                limit = guard.max_per_client if reason == "client_connections" else guard.max_total
-                transport.write(_raw_response(
-                    "503 Service Unavailable", "too_many_connections",
-                    f"{what} {limit} connections open, the most allowed: reuse keep-alive connections "
-                    "or open fewer at once, then retry", retry_after=True))
-                transport.close()
-                return
-            self._counted = True
-            self._arm_head_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
-            if self._counted:
-                self._counted = False
-                guard.release(self._peer)
-            super().connection_lost(exc)
-
-        def on_headers_complete(self) -> None:
-            self._cancel_head_timer()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            pipelined = bool(self.pipeline)  # the next request's head has arrived already
-            super().on_response_complete()
-            if not pipelined and not self.transport.is_closing():
-                self._arm_head_timer()  # the next request's head: uvicorn's keep-alive timer runs meanwhile
-
-        def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(guard.header_timeout_s, self._head_timed_out)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-                return  # a request is being served: its head did arrive
-            guard.refused("header_timeout")
-            logger.debug("connection from %s closed: request head not complete in %.1f s", self._peer,
-                         guard.header_timeout_s)
-            self.transport.write(_raw_response(
-                "408 Request Timeout", "request_timeout",
-                f"the request head (request line and headers) did not arrive within {guard.header_timeout_s:g} s",
-                retry_after=False))
-            self.transport.close()
-
-    return GuardedHttpToolsProtocol
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})

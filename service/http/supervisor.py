@@ -92,6 +92,66 @@ class _Slot:
                 os.kill(self.proc.pid, sig)
 
 
+class _Supervisor:
+    def __init__(self, argv: list[str], ipc_dir: str, engine: _Slot, front: list[_Slot]) -> None:
+        self.argv, self.ipc_dir, self.engine, self.front = argv, ipc_dir, engine, front
+        self.ctx = mp.get_context("spawn")
+        self.stopping = False
+
+    def spawn(self, slot: _Slot) -> None:
+        slot.proc = self.ctx.Process(target=slot.target, args=(self.argv,), name=slot.name, daemon=False)
+        slot.proc.start()
+        slot.started = time.monotonic()
+        logger.info("%s started (pid %s)", slot.name, slot.proc.pid)
+
+    def forward(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for slot in self.front:  # the front ends drain first; the engine stops once they are gone
+            slot.signal(sig)
+
+    def forward_hup(self, sig: int, frame: FrameType | None) -> None:
+        for slot in self.front:  # each front end re-reads its API keys file; the supervisor would die of it
+            slot.signal(sig)
+
+    def reap(self, slot: _Slot) -> None:
+        from service.metrics import mark_process_dead
+
+        assert slot.proc is not None
+        pid = slot.proc.pid or 0
+        mark_process_dead(pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.ipc_dir, f"frontend-{pid}.arena"))  # a killed front end's shared memory
+        logger.error("%s (pid %s) exited with %s%s", slot.name, pid, slot.proc.exitcode,
+                     "; restarting it, the front ends keep running" if slot is self.engine else "; restarting it")
+        if time.monotonic() - slot.started < RESTART_BACKOFF_S:
+            time.sleep(RESTART_BACKOFF_S)  # a process that dies at start would spin otherwise
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.forward)
+        signal.signal(signal.SIGHUP, self.forward_hup)
+        everyone = [self.engine, *self.front]
+        for slot in everyone:
+            self.spawn(slot)
+        while not self.stopping:
+            time.sleep(0.2)
+            for slot in everyone:
+                if not slot.alive() and not self.stopping:
+                    self.reap(slot)
+                    if not self.stopping:
+                        self.spawn(slot)
+        for slot in self.front:
+            if slot.proc is not None:
+                slot.proc.join()
+        self.engine.signal(signal.SIGTERM)
+        if self.engine.proc is not None:
+            self.engine.proc.join()
+        # uvicorn re-raises the signal it stopped on once it has drained: that is a clean stop
+        clean = {0, -signal.SIGTERM, -signal.SIGINT}
+        codes = [s.proc.exitcode for s in everyone if s.proc is not None]
+        return max((abs(c or 0) for c in codes if c not in clean), default=0)
+
+
 def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run_worker,
               engine: Callable[[list[str]], None] | None = None, arena_mb: int = 64) -> int:
     """Run the engine process and ``n`` front ends (``target(argv)`` each, spawned) until SIGTERM/SIGINT;
@@ -101,68 +161,12 @@ def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run
         from service.engine.server import run_engine
 
         engine = run_engine
-    ctx = mp.get_context("spawn")
     own_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="imgserve-metrics-"))
     ipc_dir = os.environ[IPC_ENV] = _ipc_dir(n * (arena_mb << 20))
-    stopping = False
-    engine_slot = _Slot("engine", engine)
-    front = [_Slot(f"worker-{i}", target) for i in range(n)]
-
-    def spawn(slot: _Slot) -> None:
-        slot.proc = ctx.Process(target=slot.target, args=(argv,), name=slot.name, daemon=False)
-        slot.proc.start()
-        slot.started = time.monotonic()
-        logger.info("%s started (pid %s)", slot.name, slot.proc.pid)
-
-    def forward(sig: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for slot in front:  # the front ends drain first; the engine stops once they are gone
-            slot.signal(sig)
-
-    def forward_hup(sig: int, frame: FrameType | None) -> None:
-        for slot in front:  # each front end re-reads its API keys file; the supervisor would die of it
-            slot.signal(sig)
-
-    def reap(slot: _Slot) -> None:
-        from service.metrics import mark_process_dead
-
-        assert slot.proc is not None
-        pid = slot.proc.pid or 0
-        mark_process_dead(pid)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(ipc_dir, f"frontend-{pid}.arena"))  # a killed front end's shared memory
-        logger.error("%s (pid %s) exited with %s%s", slot.name, pid, slot.proc.exitcode,
-                     "; restarting it, the front ends keep running" if slot is engine_slot else "; restarting it")
-        if time.monotonic() - slot.started < RESTART_BACKOFF_S:
-            time.sleep(RESTART_BACKOFF_S)  # a process that dies at start would spin otherwise
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    signal.signal(signal.SIGHUP, forward_hup)
     try:
-        spawn(engine_slot)
-        for slot in front:
-            spawn(slot)
-        while not stopping:
-            time.sleep(0.2)
-            for slot in [engine_slot, *front]:
-                if slot.alive() or stopping:
-                    continue
-                reap(slot)
-                if not stopping:
-                    spawn(slot)
-        for slot in front:
-            if slot.proc is not None:
-                slot.proc.join()
-        engine_slot.signal(signal.SIGTERM)
-        if engine_slot.proc is not None:
-            engine_slot.proc.join()
-        # uvicorn re-raises the signal it stopped on once it has drained: that is a clean stop
-        clean = {0, -signal.SIGTERM, -signal.SIGINT}
-        codes = [s.proc.exitcode for s in [engine_slot, *front] if s.proc is not None]
-        return max((abs(c or 0) for c in codes if c not in clean), default=0)
+        front = [_Slot(f"worker-{i}", target) for i in range(n)]
+        return _Supervisor(argv, ipc_dir, _Slot("engine", engine), front).run()
     finally:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
