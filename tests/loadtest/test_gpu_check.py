@@ -30,7 +30,7 @@ def test_dry_run_measures_every_step(tmp_path: Path) -> None:
     for r in runs.values():
         assert r["ok"] > 0 and r["errors"]["status"] == 0, r
     table = (out / "gpu_check.md").read_text()
-    assert "| service over HTTP, 2 process(es) | c=8 |" in table and "pipeline limit" in table
+    assert "| service over HTTP, 2 front ends + 1 engine | c=8 |" in table and "pipeline limit" in table
 
 
 def test_the_device_command_installs_what_the_prepare_step_downloads() -> None:
