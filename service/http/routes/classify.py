@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -11,7 +12,8 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from modelrepo.config import check_version
-from service.engine.catalog import EngineClient, Predictions, ServedModel
+from service.advice import random_weights_warning
+from service.engine.catalog import Classified, EngineClient, Predictions, ServedModel
 from service.errors import (
     ANSWERABLE,
     BadParameter,
@@ -213,22 +215,22 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
                    "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
 
 
-def _named(err: ServiceError, i: int, upload: Upload) -> ServiceError:
+def _named(err: ServiceError, i: int, filename: str | None) -> ServiceError:
     """An image's own error, named by its index (and file name) in the request."""
-    where = f"image {i}" + (f" ({upload.filename})" if upload.filename else "")
-    err.message = f"{where}: {err.message}"
+    err.message = f"image {i}" + (f" ({filename})" if filename else "") + f": {err.message}"
     return err
 
 
-async def _classify(
-    request: Request, inst: ServedModel, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
-) -> JSONResponse:
-    state = request.app.state
-    metrics = state.metrics
+async def classify_images(state: Any, inst: ServedModel, images: list[bytes], top_k: int, deadline: float,
+                          filenames: list[str | None] | None = None) -> tuple[list[Predictions], Classified]:
+    """Each image's top-k through the result cache and the engine (also gRPC's JPEG-bytes input); the
+    first image that cannot be decoded fails the request, named by its index."""
+    metrics, cache = state.metrics, state.cache
     engine: EngineClient = state.engine
-    results: list[Predictions | None] = [None] * len(uploads)
-    keys = [cache.key(u.data, inst.name, inst.version, top_k) for u in uploads] if cache.enabled else []
-    todo = list(range(len(uploads)))
+    names = filenames or [None] * len(images)
+    results: list[Predictions | None] = [None] * len(images)
+    keys = [cache.key(data, inst.name, inst.version, top_k) for data in images] if cache.enabled else []
+    todo = list(range(len(images)))
     if cache.enabled:
         todo = []
         for i, k in enumerate(keys):
@@ -236,22 +238,30 @@ async def _classify(
             metrics.child(metrics.cache, inst.name, "hit" if results[i] is not None else "miss").inc()
             if results[i] is None:
                 todo.append(i)
-    done = await engine.classify(inst, [uploads[i].data for i in todo], top_k, deadline)
+    done = await engine.classify(inst, [images[i] for i in todo], top_k, deadline)
     for i, res in zip(todo, done.results, strict=True):
         if isinstance(res, ServiceError):
-            raise _named(res, i, uploads[i])
+            raise _named(res, i, names[i])
         results[i] = res
         if cache.enabled:
             cache.put(keys[i], res)
-    metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(uploads))
+    metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(images))
+    return [r for r in results if r is not None], done
 
+
+async def _classify(
+    request: Request, inst: ServedModel, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
+) -> JSONResponse:
+    results, done = await classify_images(request.app.state, inst, [u.data for u in uploads], top_k, deadline,
+                                          [u.filename for u in uploads])
     body = {
         "model": inst.name,
         "version": str(inst.version),
         "results": [{"filename": u.filename, "predictions": r} for u, r in zip(uploads, results, strict=True)],
     }
-    if inst.weights == "random":
-        body["warning"] = "this model has random weights: its predictions are meaningless"
+    warning = random_weights_warning(inst.name, {**request.app.state.engine.weights(), inst.name: inst.weights})
+    if warning is not None:
+        body["warning"] = warning
     timing = (f"queue;dur={done.queue_s * 1000:.2f}, preprocess;dur={done.preprocess_s * 1000:.2f}, "
               f"infer;dur={done.compute_s * 1000:.2f}")
     return JSONResponse(body, headers={"Server-Timing": timing})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from service.errors import ServiceError
 from service.http.responses import JSONResponse
 
 router = APIRouter()
@@ -12,7 +13,11 @@ router = APIRouter()
 @router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
     engine = request.app.state.engine
-    return JSONResponse({"models": [await engine.describe(n) for n in engine.names()]})
+    try:
+        default: str | None = engine.default_model()
+    except ServiceError:  # nothing served yet, or the engine is down: the list says what there is
+        default = None
+    return JSONResponse({"models": [await engine.describe(n) for n in engine.names()], "default_model": default})
 
 
 @router.get("/models/{name}")

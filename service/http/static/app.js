@@ -37,11 +37,20 @@
     return n;
   }
 
+  const advice = window.imgserveAdvice;  // advice.js: service/advice.py's rules
+  const weights = () => Object.fromEntries(models.map((m) => [m.name, m.weights]));
+
   function showWarning() {
     const m = models.find((x) => x.name === modelSel.value);
-    if (m && m.weights === "random") {
-      warning.textContent = `Model ${m.name} has random weights: its predictions are meaningless. ` +
-        "Export it with real weights to get real labels.";
+    const text = m ? advice.randomWeightsWarning(m.name, weights()) : null;
+    if (text) {
+      const [before, other] = text.split("?model=");
+      warning.replaceChildren(`Model ${m.name}: ${before}`);
+      if (other) {  // a link that switches the page to the model with trained weights
+        const link = el("a", { href: `?model=${encodeURIComponent(other)}`, id: "use-trained", text: `?model=${other}` });
+        link.addEventListener("click", (e) => { e.preventDefault(); modelSel.value = other; showWarning(); });
+        warning.append(link);
+      }
       warning.hidden = false;
     } else {
       warning.hidden = true;
@@ -52,13 +61,24 @@
     try {
       const resp = await fetch("/models", { headers: headers() });
       if (!resp.ok) throw new Error(await errorText(resp));
-      models = (await resp.json()).models || [];
+      const listing = await resp.json();
+      models = listing.models || [];
       modelSel.replaceChildren(...models.map((m) => {
         const tag = m.weights === "random" ? " — random weights" : m.state && m.state !== "ready" ? ` — ${m.state}` : "";
         return el("option", { value: m.name, text: `${m.name}${m.versions && m.versions.length ? " v" + m.versions.at(-1) : ""}${tag}` });
       }));
       if (!models.length) modelSel.replaceChildren(el("option", { value: "", text: "(no models served)" }));
       status.textContent = "";
+      // ?model=NAME in the page's address wins; else the service's default (when /models names it), else the
+      // first; a random-weights choice gives way to a model with trained weights, and the page says so
+      const asked = new URLSearchParams(location.search).get("model");
+      const dflt = listing.default_model || (models.find((m) => m.default === true) || models[0] || {}).name;
+      const initial = models.some((m) => m.name === asked) ? asked : dflt;
+      const chosen = asked && initial === asked ? asked : advice.preferredModel(initial, weights());
+      if (chosen) modelSel.value = chosen;
+      if (chosen && chosen !== initial) {
+        status.textContent = `Preselected ${chosen}: it has trained weights, ${initial} has random ones.`;
+      }
     } catch (e) {
       modelSel.replaceChildren(el("option", { value: "", text: "(default model)" }));
       status.textContent = `Could not list models: ${e.message}`;
