@@ -54,7 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     IMGSERVE_HOST=0.0.0.0 IMGSERVE_PORT=8000 IMGSERVE_MODEL_REPO=/models IMGSERVE_LOG_FORMAT=json
 USER imgserve
 WORKDIR /home/imgserve
-EXPOSE 8000
+EXPOSE 8000 8001
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
   CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('IMGSERVE_PORT', '8000'), timeout=2)"
@@ -119,7 +119,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     IMGSERVE_DEVICE=cuda NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER imgserve
 WORKDIR /home/imgserve
-EXPOSE 8000
+EXPOSE 8000 8001
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
   CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('IMGSERVE_PORT', '8000'), timeout=2)"

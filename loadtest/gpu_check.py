@@ -241,7 +241,7 @@ def _start(plan: Plan, repo: Path, procs: int, log: Path) -> tuple[subprocess.Po
     port = free_port()
     argv = [sys.executable, "-m", "service", "--model-repo", str(repo), "--models", f"{plan.arch}_pt",
             "--port", str(port), "--processes", str(procs), "--instances", str(plan.instances),
-            "--workers", "4", "--max-queue-size", "4096", "--device", plan.device]
+            "--workers", "4", "--max-queue-size", "4096", "--device", plan.device, "--grpc-port", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     return proc, port

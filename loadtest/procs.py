@@ -156,7 +156,8 @@ def running(name: str, argv: list[str], port: int, log: Path, ready_path: str, t
 
 def service_argv(repo: Path, model: str, port: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "service", "--model-repo", str(repo), "--models", model,
-            "--default-model", model, "--host", HOST, "--port", str(port), "--log-level", "WARNING", *extra]
+            "--default-model", model, "--host", HOST, "--port", str(port), "--log-level", "WARNING",
+            *([] if "--grpc-port" in extra else ["--grpc-port", "0"]), *extra]
 
 
 def naive_argv(repo: Path, model: str, port: int) -> list[str]:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         1, ge=1, description="HTTP front-end processes sharing the port (SO_REUSEPORT); with 2 or more they feed "
         "one engine process that owns the models and batchers (DESIGN.md section 5); 1: one process, no IPC",
     )
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="KServe v2 over gRPC (inference.GRPCInferenceService, grpc.health.v1) "
+        "on this port, beside HTTP (Triton's 8001); 0 turns gRPC off",
+    )
     ipc_shm_mb: int = Field(
         64, ge=1, description="with --processes >= 2: shared memory per front end (MiB) for images on their way "
         "to the engine; a request that does not fit right now travels over the engine socket instead",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -84,6 +85,19 @@ class Metrics:
             "inference_rejected_requests", "Requests refused with 503 (queue full, not ready, deadline)",
             ["model", "reason"], registry=r,
         )
+        self._declare_front_end(r)
+        #: (model, version) -> [success count, success ns, failure count, failure ns, last request ms since epoch]
+        self.stats: dict[tuple[str, str], list[int]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self.multiproc_dir = multiproc_dir()
+        self._check_shared()
+        # GPUs are per host, not per worker: collected live by whichever process renders, never merged.
+        self.gpu = _GpuCollector.create()
+        if self.gpu is not None:
+            r.register(self.gpu)
+
+
+    def _declare_front_end(self, r: CollectorRegistry) -> None:
         # the connection and body guards (service.http.connections, service.http.body_guard)
         self.open_connections = Gauge(
             "http_open_connections", "Client connections open", registry=r, multiprocess_mode="livesum"
@@ -93,14 +107,10 @@ class Metrics:
             "(total_connections, client_connections, header_timeout, body_too_slow, body_budget)",
             ["reason"], registry=r,
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self.multiproc_dir = multiproc_dir()
-        self._check_shared()
-        # GPUs are per host, not per worker: collected live by whichever process renders, never merged.
-        self.gpu = _GpuCollector.create()
-        if self.gpu is not None:
-            r.register(self.gpu)
-
+        self.protocol_requests = Counter(
+            "inference_protocol_requests", "Requests by protocol (http, grpc) and outcome (the HTTP status, or "
+            "gRPC's equivalent)", ["protocol", "status"], registry=r,
+        )
 
     def _check_shared(self) -> None:
         """In multi-process mode the label-less gauges are already mmap files named by this pid; none means
@@ -136,12 +146,21 @@ class Metrics:
 
 
     def request_done(
-        self, model: str, version: str, status: str, seconds: float, known: bool, code: str = ""
+        self, model: str, version: str, status: str, seconds: float, known: bool, code: str = "",
+        protocol: str = "http",
     ) -> None:
-        """One finished request. Names and versions that no model has are counted as ``_unknown`` /
-        ``-``: request input must not mint unbounded label values (time series)."""
+        """One finished request (``status``: the HTTP status, or its equivalent for gRPC). Names and
+        versions that no model has are counted as ``_unknown`` / ``-``: request input must not mint
+        unbounded label values (time series)."""
         if not known:
             model, version = "_unknown", "-"
+        self.child(self.protocol_requests, protocol, status).inc()
+        if known and version != "-":  # Triton's ModelStatistics (this process's requests)
+            s = self.stats.setdefault((model, version), [0, 0, 0, 0, 0])
+            ok = 0 if status == "200" else 2
+            s[ok] += 1
+            s[ok + 1] += int(seconds * 1e9)
+            s[4] = int(time.time() * 1000)
         self.child(self.requests, model, version, status).inc()
         self.child(self.request_duration, model).observe(seconds)
         if status == "503":

@@ -121,12 +121,20 @@ def _lifespan(settings: Settings, access: AccessControl, metrics: Metrics) -> An
             # once the engine has loaded the models: the kernel never hands a connection to one that could
             # only answer 503 while others serve.
             await asyncio.shield(loader)
+        state.grpc = None
+        if settings.grpc_port:
+            from service.grpc_api.server import GrpcServer
+
+            state.grpc = GrpcServer(state)
+            await state.grpc.start()
         try:
             yield
         finally:
             if undo_sighup is not None:
                 undo_sighup()
             state.draining = True
+            if state.grpc is not None:
+                await state.grpc.close(settings.graceful_timeout_s)
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader

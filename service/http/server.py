@@ -33,6 +33,9 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.app.state.draining = True
+        grpc_server = getattr(self.app.state, "grpc", None)
+        if grpc_server is not None:  # no new RPCs from now on; in-flight ones finish
+            grpc_server.drain(self.config.timeout_graceful_shutdown or 30.0)
         delay = self.shutdown_delay_s if not self.should_exit and not self._exit_scheduled else 0.0
         logger.info("signal %s: draining (readiness 503) for %.1f s, then finishing in-flight requests", sig, delay)
         if delay > 0:

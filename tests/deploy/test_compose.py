@@ -84,7 +84,7 @@ def test_api_healthcheck_port_and_drain(gpu: dict[str, Any], app_serves: Callabl
     assert env["IMGSERVE_LOG_FORMAT"] == "json" and env["IMGSERVE_HOST"] == "0.0.0.0"
     (path,) = re.findall(r"http://127\.0\.0\.1:%s(/[\w/]+)", " ".join(api["healthcheck"]["test"]))
     assert path == "/health/ready" and app_serves("GET", path)
-    assert [p["target"] for p in api["ports"]] == [int(env["IMGSERVE_PORT"])]
+    assert [p["target"] for p in api["ports"]] == [int(env["IMGSERVE_PORT"]), int(env["IMGSERVE_GRPC_PORT"])]
     drain = float(env["IMGSERVE_SHUTDOWN_DELAY_S"]) + float(env["IMGSERVE_GRACEFUL_TIMEOUT_S"])
     assert seconds(api["stop_grace_period"]) >= drain
 

@@ -36,11 +36,14 @@ def container_env(container: dict[str, Any], configmaps: list[dict[str, Any]]) -
     return env
 
 
-def check_probes(container: dict[str, Any], served: Callable[[str, str], bool], port: int) -> None:
-    """Every HTTP probe hits a GET route of the app, on the port the container listens on."""
+def check_probes(container: dict[str, Any], served: Callable[[str, str], bool], port: int,
+                 also: set[int] | None = None) -> None:
+    """Every HTTP probe hits a GET route of the app, on the port the container listens on (the ports
+    declared: that one and ``also``, e.g. gRPC's)."""
     named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
     declared = {p["containerPort"] for p in container.get("ports", [])}
-    assert declared == {port}, f"{container['name']} declares ports {declared}, the service listens on {port}"
+    want = {port} | (also or set())
+    assert declared == want, f"{container['name']} declares ports {declared}, the service listens on {want}"
     probes = [k for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container]
     assert {"readinessProbe", "livenessProbe"} <= set(probes), f"{container['name']} lacks probes"
     for kind in probes:
@@ -72,7 +75,8 @@ def test_deployment_serves_the_app(overlay: tuple[str, list[dict[str, Any]]],
     (api,) = pod["containers"]
     env = container_env(api, by_kind(objs, "ConfigMap"))
     port = int(env.get("IMGSERVE_PORT", app_port))
-    check_probes(api, app_serves, port)
+    grpc_port = int(env["IMGSERVE_GRPC_PORT"])
+    check_probes(api, app_serves, port, {grpc_port})
     assert env["IMGSERVE_HOST"] == "0.0.0.0", "the service must listen beyond the pod's loopback"
     assert env.get("IMGSERVE_LOG_FORMAT") == "json"
     # the startup probe covers warm-up: readiness, with minutes of budget
@@ -83,9 +87,11 @@ def test_deployment_serves_the_app(overlay: tuple[str, list[dict[str, Any]]],
     assert pod["securityContext"]["runAsNonRoot"] is True
     # the Service forwards to the container's port, selecting the Deployment's pods
     svc = one(objs, "Service")
-    (sp,) = svc["spec"]["ports"]
-    target = sp["targetPort"]
-    assert target in {p.get("name") for p in api["ports"]} or target == port
+    by_name = {p["name"]: p["containerPort"] for p in api["ports"]}
+    forwarded = {sp["name"]: by_name.get(sp["targetPort"], sp["targetPort"]) for sp in svc["spec"]["ports"]}
+    assert forwarded == {"http": port, "grpc": grpc_port}
+    (grpc_sp,) = [sp for sp in svc["spec"]["ports"] if sp["name"] == "grpc"]
+    assert grpc_sp["appProtocol"] == "kubernetes.io/h2c"
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     assert one(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -172,8 +178,27 @@ def test_cpu_only_hpa_component(tmp_path: Path) -> None:
 # as a Pod, and the CRD-level fields are checked against what KServe documents.
 
 def kserve() -> dict[str, dict[str, Any]]:
+    """The example objects by kind (the HTTP ServingRuntime under its kind, the gRPC one under its name)."""
     objs = [yaml.safe_load(p.read_text()) for p in sorted((DEPLOY / "kserve").glob("*.yaml"))]
-    return {o["kind"]: o for o in objs}
+    return {o["metadata"]["name"] if o["metadata"]["name"].endswith("-grpc") else o["kind"]: o for o in objs}
+
+
+def _arg(c: dict[str, Any], flag: str) -> str:
+    return next(a.split("=", 1)[1] for a in c["args"] if a.startswith(f"{flag}="))
+
+
+def test_grpc_serving_runtime_declares_its_h2c_port() -> None:
+    """Knative routes one port per container: the gRPC runtime's is h2c, the one --grpc-port serves,
+    and its probes are grpc.health.v1 on it."""
+    rt = kserve()["imgserve-grpc"]
+    (c,) = rt["spec"]["containers"]
+    port = int(_arg(c, "--grpc-port"))
+    assert c["ports"] == [{"name": "h2c", "containerPort": port, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": port}
+    assert rt["spec"]["protocolVersions"] == ["v2"]
+    validate_k8s({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "grpc-runtime"},
+                  "spec": {"containers": rt["spec"]["containers"]}})
 
 
 def test_serving_runtime(app_serves: Callable[[str, str], bool]) -> None:

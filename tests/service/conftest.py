@@ -62,7 +62,8 @@ def start_server(repo: Path, tmp: Path, *args: str, wait_ready: bool = True, wai
     log = tmp / f"server-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repo", str(repo), "--port", str(port), "--workers", "2", *args],
+        [sys.executable, "-m", "service", "--model-repo", str(repo), "--port", str(port), "--workers", "2",
+         *([] if "--grpc-port" in args else ["--grpc-port", "0"]), *args],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, preexec_fn=limit_fds,
     )
     server = Server(proc, f"http://127.0.0.1:{port}", log)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from service.http.responses import JSONResponse
@@ -10,7 +12,11 @@ router = APIRouter()
 
 
 def readiness(request: Request) -> tuple[bool, str]:
-    state = request.app.state
+    return readiness_of(request.app.state)
+
+
+def readiness_of(state: Any) -> tuple[bool, str]:
+    """Ready, or why not: draining, or what the engine says (also gRPC's ServerReady and health service)."""
     if state.draining:
         return False, "shutting down"
     pending = state.engine.not_ready()

@@ -71,7 +71,7 @@ def _dtype(data_type: int) -> str:
     return "BYTES" if name == "STRING" else name
 
 
-def _io(inst: ServedModel) -> tuple[dict[str, Any], dict[str, Any]]:
+def io_metadata(inst: ServedModel) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg = inst.config
     inp, out = cfg.input[0], cfg.output[0]
     # Always a -1 batch dim: the service batches every model (max_batch_size 0 runs at batch 1).
@@ -115,7 +115,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> JSONResponse:
     inst = _get(request, name, version)
-    inp, out = _io(inst)
+    inp, out = io_metadata(inst)
     versions = [str(version)] if version else [str(v) for v in request.app.state.engine.versions(inst.name)]
     return JSONResponse(
         {"name": inst.name, "versions": versions, "platform": inst.platform, "inputs": [inp], "outputs": [out]}
@@ -165,7 +165,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 def _parse(body: bytes, header_len: int | None, inst: ServedModel, max_items: int) -> _Request:
     """Blocking (runs in the worker pool): JSON header + binary tensors -> validated request."""
-    spec, out_spec = _io(inst)
+    spec, out_spec = io_metadata(inst)
     hlen = len(body) if header_len is None else header_len
     try:
         req = orjson.loads(body[:hlen])

@@ -1,0 +1,38 @@
+"""The one map from the service's errors to gRPC status codes (HTTP renders the same errors through
+``service.http.errors``). Retry advice travels in trailing metadata (``retry-after``, seconds), as the
+machine code does (``imgserve-error-code``)."""
+
+from __future__ import annotations
+
+import grpc
+
+from modelrepo.errors import RepositoryError
+from service.errors import ServiceError, as_service_error
+
+#: machine codes whose 503/429 mean "too much now": RESOURCE_EXHAUSTED (retry later), not UNAVAILABLE
+_EXHAUSTED = {"queue_full", "rate_limited", "server_busy", "payload_too_large"}
+_BY_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_status(error: ServiceError | RepositoryError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """(status code, message, trailing metadata) answering ``error``."""
+    err = as_service_error(error)
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.code in _EXHAUSTED else _BY_STATUS.get(
+        err.status, grpc.StatusCode.INTERNAL)
+    trailing = [("imgserve-error-code", err.code)]
+    if "Retry-After" in err.headers:
+        trailing.append(("retry-after", err.headers["Retry-After"]))
+    return code, err.message, tuple(trailing)
+
