@@ -24,6 +24,21 @@ HEALTH_EVERY_S = 0.5
 MESSAGE_HEADROOM = 1 << 20
 
 
+class _Health(health.aio.HealthServicer):
+    """grpc.health.v1 whose Check answers readiness as of the call (Watch follows ``_keep_health``)."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:  # noqa: N802
+        if request.service in ("", SERVICE):
+            ok = readiness_of(self.state)[0]
+            return health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return await super().Check(request, context)
+
+
 class GrpcServer:
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -35,7 +50,7 @@ class GrpcServer:
             ("grpc.so_reuseport", 1),  # the front ends of --processes N share the port, as for HTTP
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = _Health(state)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{'[' + s.host + ']' if ':' in s.host else s.host}:{s.grpc_port}"
         try:
