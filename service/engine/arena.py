@@ -20,6 +20,15 @@ import numpy as np
 ALIGN = 64
 
 
+def _unmap(view: memoryview, mapping: mmap.mmap) -> None:
+    """Unmap, unless arrays over it are still alive (a batch cancelled mid-flight): then the GC does."""
+    try:
+        view.release()
+        mapping.close()
+    except BufferError:
+        pass
+
+
 class Arena:
     """The front end's side: owns the mapping and hands out regions."""
 
@@ -71,12 +80,7 @@ class Arena:
         return off
 
     def close(self) -> None:
-        """Unmap, unless arrays over it are still alive (a batch cancelled mid-flight): then the GC does."""
-        try:
-            self._view.release()
-            self._map.close()
-        except BufferError:
-            pass
+        _unmap(self._view, self._map)
         self.path.unlink(missing_ok=True)
 
 
@@ -97,9 +101,4 @@ class ArenaView:
         return np.frombuffer(self._view, dtype=np.float32, count=n, offset=offset).reshape(shape)
 
     def close(self) -> None:
-        """Unmap, unless arrays over it are still alive (a batch cancelled mid-flight): then the GC does."""
-        try:
-            self._view.release()
-            self._map.close()
-        except BufferError:
-            pass
+        _unmap(self._view, self._map)

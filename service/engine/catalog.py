@@ -139,8 +139,7 @@ class Catalog:
         )
 
     def get(self, name: str, version: str | None) -> ModelView:
-        loaded = {n: list(vs) for n, vs in self.loaded.items()}
-        n, v = lookup(name, version, loaded, self.states, self.routes, self.fallbacks)
+        n, v = lookup(name, version, self.loaded, self.states, self.routes, self.fallbacks)
         return self.loaded[n][v]
 
     def names(self) -> list[str]:

@@ -3,7 +3,7 @@ the engine's manager and by a front end's copy of the engine's catalog, so both 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from service.errors import ModelNotFound, ModelNotReady
 
@@ -11,7 +11,7 @@ from service.errors import ModelNotFound, ModelNotReady
 def lookup(
     name: str,
     version: str | None,
-    loaded: Mapping[str, list[int]],
+    loaded: Mapping[str, Collection[int]],
     states: Mapping[str, str],
     routes: Mapping[str, tuple[str, str]],
     fallbacks: Mapping[str, str],

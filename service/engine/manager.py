@@ -47,8 +47,7 @@ class ModelManager:
         return sorted(set(self.states) | set(self._instances))
 
     def get(self, name: str, version: str | None = None) -> ModelInstance:
-        loaded = {n: list(vs) for n, vs in self._instances.items()}
-        name, v = lookup(name, version, loaded, self.states, self.routes, self.fallbacks)
+        name, v = lookup(name, version, self._instances, self.states, self.routes, self.fallbacks)
         return self._instances[name][v]
 
     def instances(self, name: str) -> list[ModelInstance]:

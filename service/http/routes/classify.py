@@ -259,9 +259,10 @@ async def _classify(
         "version": str(inst.version),
         "results": [{"filename": u.filename, "predictions": r} for u, r in zip(uploads, results, strict=True)],
     }
-    warning = random_weights_warning(inst.name, {**request.app.state.engine.weights(), inst.name: inst.weights})
-    if warning is not None:
-        body["warning"] = warning
+    if inst.weights == "random":  # only then are the other models' weights needed (not on every request)
+        warning = random_weights_warning(inst.name, {**request.app.state.engine.weights(), inst.name: "random"})
+        if warning is not None:
+            body["warning"] = warning
     timing = (f"queue;dur={done.queue_s * 1000:.2f}, preprocess;dur={done.preprocess_s * 1000:.2f}, "
               f"infer;dur={done.compute_s * 1000:.2f}")
     return JSONResponse(body, headers={"Server-Timing": timing})
