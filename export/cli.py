@@ -11,7 +11,7 @@ from pathlib import Path
 from export.errors import ExportError
 from export.models import ARCHS, TIMM_EXAMPLES, default_model_name, param_count, resolve_arch
 from export.onnx_export import MIN_OPSET
-from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
+from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
 from export.pipeline import run_export
 from export.repo_writer import DEFAULT_PREFERRED
 from modelrepo.errors import RepositoryError
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-method", choices=INT8_METHODS, default=None,
                    help=f"INT8 quantizer: ort-qdq (ONNX Runtime static quantization, a QDQ ONNX model that ONNX "
                    f"Runtime and OpenVINO serve) or nncf (NNCF, an OpenVINO IR); default {DEFAULT_INT8_METHOD}")
+    p.add_argument("--int8-format", choices=INT8_FORMATS, default=None,
+                   help="ort-qdq's INT8 format: auto (default) keeps the first that passes the gate of u8s8-rr (7-bit "
+                   "weights) and u8u8, which compute the same on every x86 CPU; u8s8 (8-bit weights) needs VNNI or "
+                   "AMX and saturates on CPUs without (the service's load-time check refuses it there)")
     p.add_argument("--calib-dir", type=Path, help="INT8 calibration images (default: scikit-image samples)")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="top-1 agreement gate for INT8/FP16/TensorRT (default 0.98 int8, 0.99 fp16)")
@@ -99,7 +103,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Expor
         opset=args.opset, simplify=args.simplify, fp16=args.fp16, precision=args.precision,
         calib_dir=args.calib_dir, trt=args.trt, fallback_random=args.fallback_random,
         min_agreement=args.min_agreement, transform_input=args.transform_input, atol=args.atol,
-        format=args.format, int8_method=args.int8_method, bf16_gate=args.bf16_gate,
+        format=args.format, int8_method=args.int8_method, int8_format=args.int8_format, bf16_gate=args.bf16_gate,
         eval_dir=args.eval_dir, max_top1_drop=args.max_top1_drop,
     )
 

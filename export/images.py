@@ -96,8 +96,12 @@ def calibration_variants(photos: list[Image.Image], per_photo: int = 6, seed: in
     return out
 
 
-def check_variants(photos: list[Image.Image], per_photo: int = 10, seed: int = 1234) -> list[Image.Image]:
-    """Variants never used for calibration: colour jitter, rotation, flips and crops combined."""
+def check_variants(photos: list[Image.Image], per_photo: int = 25, seed: int = 1234) -> list[Image.Image]:
+    """Variants never used for calibration: colour jitter, rotation, flips and crops combined.
+
+    25 per photo (250 in all): a real network is decided (top-1 ahead by 0.2) on about a third of them, and
+    the gate (``modelrepo.checkset``) needs those to be many: on 100 images one changed answer moved
+    EfficientNet-Lite0's INT8 score by 3 points, across the 98 % gate."""
     rng = random.Random(seed)
     out = []
     for img in photos:

@@ -15,6 +15,9 @@ FORMATS = ("onnx", "openvino", "pytorch")
 # batch 1, 221 vs 220 at batch 8), so the default is the QDQ ONNX model, which both runtimes can serve.
 INT8_METHODS = ("ort-qdq", "nncf")
 DEFAULT_INT8_METHOD = "ort-qdq"
+# ort-qdq's formats (export/quantize.py): auto tries the portable ones (u8s8-rr, then u8u8) and keeps the
+# first that passes the gate; u8s8 (8-bit weights) is accurate only on CPUs with VNNI or AMX.
+INT8_FORMATS = ("auto", "u8s8-rr", "u8u8", "u8s8")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class ExportOptions:
     atol: float = FP32_ATOL
     format: str = "onnx"  # onnx | openvino (also NAME_ov, an OpenVINO IR) | pytorch (also NAME_pt, TorchScript)
     int8_method: str | None = None  # None: DEFAULT_INT8_METHOD
+    int8_format: str | None = None  # ort-qdq: None/"auto" tries export.quantize.AUTO_ORDER
     bf16_gate: bool | None = None  # None: on when OpenVINO is installed
     eval_dir: Path | None = None  # labelled set (ImageFolder or CSV) gating INT8 and BF16 on top-1 drop
     max_top1_drop: float | None = None  # percentage points; None: export.eval_gate.DEFAULT_MAX_DROP

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from export import images
+from modelrepo.checkset import Agreement, agreement, as_stored
 from modelrepo.config import INPUT_NAME, OUTPUT_NAME
 from modelrepo.preprocess import Preprocess
 
@@ -171,6 +172,19 @@ class Reference:
         """Fraction of the check set whose top-1 class ``candidate`` shares with FP32 ONNX Runtime."""
         got = run_batched(candidate, self.check, self.batch).argmax(axis=1)
         return float(np.mean(self.check_logits.argmax(axis=1) == got))
+
+    def score(self, candidate: Runner) -> Agreement:
+        """``candidate`` scored against FP32 ONNX Runtime on the check set (the gate's measure)."""
+        return agreement(self.check_logits, run_batched(candidate, self.check, self.batch))
+
+    @cached_property
+    def stored(self) -> np.ndarray:
+        """The part of the check set an export stores beside a version (float16-rounded, as stored)."""
+        return as_stored(self.check)
+
+    @cached_property
+    def stored_logits(self) -> np.ndarray:
+        return run_batched(self.runner, self.stored, self.batch)
 
     def photos_top1_equal(self, candidate: Runner) -> bool:
         """Whether ``candidate`` gives every real photo the same top-1 class as FP32 ONNX Runtime."""

@@ -5,23 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from export import bf16, images
+from export.context import ConfigFn, ExportContext, ExportResult
 from export.errors import ExportError, UsageError
 from export.eval_gate import DEFAULT_MAX_DROP, EvalGate
+from export.gate_check import write_gate_check
 from export.models import RANDOM, LoadedModel, default_model_name, imagenet_categories, load_model
 from export.onnx_export import MIN_OPSET, convert_fp16, export_onnx
-from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
+from export.options import DEFAULT_INT8_METHOD, FORMATS, INT8_FORMATS, INT8_METHODS, PRECISIONS, ExportOptions
 from export.parity import (
     ParityReport,
     Reference,
-    Runner,
     check_parity,
     ort_runner,
     parity_inputs,
@@ -29,7 +28,6 @@ from export.parity import (
 )
 from export.repo_writer import (
     ConfigSpec,
-    Staging,
     build_config,
     choose_version,
     preferred_batches,
@@ -43,30 +41,6 @@ MIN_AGREEMENT = {"int8": 0.98, "fp16": 0.99}
 PARITY_PHOTOS = 4  # real photos in the parity batch
 FORMAT_PARAM = {"onnxruntime_onnx": "onnx", "tensorrt_plan": "tensorrt-plan", "openvino": "openvino-ir",
                 "pytorch_libtorch": "torchscript"}
-ConfigFn = Callable[..., ConfigSpec]
-
-
-@dataclass
-class ExportResult:
-    written: list[Path] = field(default_factory=list)
-    parity_max_abs_diff: float = 0.0
-    agreements: dict[str, float] = field(default_factory=dict)
-    bf16_gates: dict[str, str] = field(default_factory=dict)  # model name -> export.bf16_gate
-
-
-@dataclass
-class _Ctx:
-    """What the steps of one export share."""
-
-    opts: ExportOptions
-    loaded: LoadedModel
-    st: Staging
-    version: int
-    config: ConfigFn
-    ref: Reference  # FP32 ONNX Runtime on the check set and photos, computed once
-    bf16_skip: str | None
-    result: ExportResult
-    evaluation: EvalGate | None = None  # --eval-dir: INT8 and BF16 judged on labelled top-1
 
 
 def _validate(opts: ExportOptions) -> None:
@@ -81,6 +55,11 @@ def _validate(opts: ExportOptions) -> None:
     if opts.int8_method is not None and (opts.precision != "int8" or opts.trt):
         raise UsageError("--int8-method is only used with --precision int8 without --trt "
                          "(TensorRT calibrates its own INT8 engine)")
+    if opts.int8_format is not None and (opts.precision != "int8" or opts.trt or int8_method(opts) != "ort-qdq"):
+        raise UsageError("--int8-format picks the format of --precision int8 --int8-method ort-qdq (NNCF writes "
+                         "7-bit weights, TensorRT calibrates its own engine)")
+    if opts.int8_format is not None and opts.int8_format not in INT8_FORMATS:
+        raise UsageError(f"--int8-format must be one of {', '.join(INT8_FORMATS)}, got {opts.int8_format!r}")
     if opts.opset < MIN_OPSET:
         raise UsageError(f"--opset must be >= {MIN_OPSET}, got {opts.opset}")
     if opts.calib_dir is not None and opts.precision != "int8":
@@ -204,10 +183,11 @@ def run_export(opts: ExportOptions) -> ExportResult:
         inputs = parity_inputs(photos, shape)
         result.parity_max_abs_diff = _onnx_parity(loaded, onnx_path, inputs, opts.atol, names["fp32"])
         ref = Reference(onnx_path, pp)
-        ctx = _Ctx(opts, loaded, st, version, config, ref, bf16_skip, result,
-                   evaluation.bind(ref.runner) if evaluation else None)
+        ctx = ExportContext(opts, loaded, st, version, config, ref, bf16_skip, result,
+                            evaluation.bind(ref.runner) if evaluation else None)
         fp32_extra = {"export.parity_max_abs_diff": f"{result.parity_max_abs_diff:.3g}"}
         fp32_extra |= _bf16(ctx, onnx_path, names["fp32"])
+        fp32_extra |= _fp32_check(ctx, main.version_dir, onnx_path, fp32_extra)
         main.write(build_config(config(names["fp32"], "fp32", fp32_extra)), loaded.labels)
 
         if "ov" in names:
@@ -258,7 +238,7 @@ def _require_parity(report: ParityReport, candidate: str, reference: str, name: 
         )
 
 
-def _bf16(ctx: _Ctx, model: Path, name: str) -> dict[str, str]:
+def _bf16(ctx: ExportContext, model: Path, name: str) -> dict[str, str]:
     """The BF16 gate's config parameters for the FP32 ``model`` (.onnx or .xml)."""
     if ctx.bf16_skip is not None:
         res = bf16.Bf16Result(ctx.bf16_skip)
@@ -270,7 +250,7 @@ def _bf16(ctx: _Ctx, model: Path, name: str) -> dict[str, str]:
     return res.params()
 
 
-def _openvino_ir(ctx: _Ctx, name: str, inputs: dict[str, np.ndarray]) -> None:
+def _openvino_ir(ctx: ExportContext, name: str, inputs: dict[str, np.ndarray]) -> None:
     """``NAME_ov``: the FP32 model as OpenVINO IR, gated (OpenVINO f32 vs ONNX Runtime) like the ONNX one."""
     from export import openvino
 
@@ -282,10 +262,11 @@ def _openvino_ir(ctx: _Ctx, name: str, inputs: dict[str, np.ndarray]) -> None:
     extra = {"export.parity_max_abs_diff": f"{report.max_abs_diff:.3g}", "export.parity_reference": "onnxruntime",
              "export.openvino_version": openvino.version()}
     extra |= _bf16(ctx, xml, name)
+    extra |= _fp32_check(ctx, m.version_dir, xml, extra)
     m.write(build_config(ctx.config(name, "fp32", extra, backend="openvino")), ctx.loaded.labels)
 
 
-def _torchscript(ctx: _Ctx, name: str, base: str, inputs: dict[str, np.ndarray]) -> None:
+def _torchscript(ctx: ExportContext, name: str, base: str, inputs: dict[str, np.ndarray]) -> None:
     """``NAME_pt``: the model traced to TorchScript, gated against the eager model like the ONNX one."""
     from export import torchscript
 
@@ -304,70 +285,50 @@ def gate_threshold(opts: ExportOptions, precision: str) -> float:
     return MIN_AGREEMENT[precision] if opts.min_agreement is None else opts.min_agreement
 
 
-def _int8(ctx: _Ctx, name: str) -> float:
-    from export.quantize import gate_int8, quantize_int8
+def _int8(ctx: ExportContext, name: str) -> float:
+    from export.int8_step import int8_step
 
     opts, method = ctx.opts, int8_method(ctx.opts)
+    threshold = gate_threshold(opts, "int8")
     m = ctx.st.model(name, ctx.version)
-    calib = images.calibration_set(ctx.loaded.preprocess, opts.calib_dir)
-    extra = {"export.int8_method": method}
+    chosen, extra = int8_step(ctx, m.version_dir, method, threshold)
+    res = chosen.res
+    enforced = "recorded; --eval-dir gates" if ctx.evaluation else f"gate {100 * threshold:.1f}%"
+    print(f"INT8 top-1 agreement with FP32: {100 * res.agreement.top1:.1f}%; score {100 * res.agreement.score:.1f}% "
+          f"({enforced}); format {chosen.fmt}; size {res.int8_bytes / 1e6:.1f} MB vs {res.fp32_bytes / 1e6:.1f} MB "
+          f"({method})", flush=True)
     if method == "nncf":
         from export import openvino
 
-        int8 = openvino.quantize_nncf(ctx.ref.fp32, m.version_dir / openvino.IR_FILE, calib)
-        candidate = openvino.ov_runner(int8)  # OpenVINO's default precision, as the service runs it
         extra["export.openvino_version"] = openvino.version()
-    else:
-        int8 = quantize_int8(ctx.ref.fp32, m.version_dir / "model.onnx", calib)
-        candidate = ort_runner(int8)
-    threshold = gate_threshold(opts, "int8")
-    res = gate_int8(ctx.ref, int8, candidate, threshold)
-    enforced = "recorded; --eval-dir gates" if ctx.evaluation else f"gate {100 * threshold:.1f}%"
-    print(f"INT8 top-1 agreement with FP32: {100 * res.agreement:.1f}% ({enforced}); "
-          f"size {res.int8_bytes / 1e6:.1f} MB vs {res.fp32_bytes / 1e6:.1f} MB ({method})", flush=True)
-    if ctx.evaluation is not None:
-        extra |= _int8_eval(ctx.evaluation, candidate)
-    elif not res.passed:
-        hint = (
-            "with random weights predictions are meaningless, so agreement is too: pass --min-agreement 0 "
-            "to accept it (the value is recorded as export.int8_agreement)"
-            if ctx.loaded.weights == RANDOM
-            else "calibrate on images like the ones you serve (--calib-dir), gate on a labelled set instead "
-            "(--eval-dir DIR --max-top1-drop 1.0) or lower --min-agreement"
-        )
-        raise ExportError(
-            f"INT8 gate failed: top-1 agreement with FP32 is {100 * res.agreement:.1f}% < "
-            f"{100 * threshold:.1f}%; {hint}; nothing was written"
-        )
-    extra |= {"export.int8_agreement": f"{res.agreement:.4f}",
-              "export.int8_calibration": str(opts.calib_dir) if opts.calib_dir else images.CALIBRATION_SOURCE}
+    extra["export.int8_calibration"] = str(opts.calib_dir) if opts.calib_dir else images.CALIBRATION_SOURCE
+    extra |= write_gate_check(m.version_dir, ctx.ref, threshold, chosen.runners, opts.max_batch_size)
     backend = "openvino" if method == "nncf" else ""
     m.write(build_config(ctx.config(name, "int8", extra, backend=backend)), ctx.loaded.labels)
-    return res.agreement
+    return res.agreement.score
 
 
-def _int8_eval(evaluation: EvalGate, candidate: Runner) -> dict[str, str]:
-    """The labelled-set INT8 gate: a top-1 drop over ``--max-top1-drop`` fails the export."""
-    verdict = evaluation.judge(candidate)
-    print(verdict.summary("INT8"), flush=True)
-    if not verdict.passed:
-        raise ExportError(
-            f"INT8 gate failed: top-1 on {evaluation.source} drops {verdict.drop:.1f} points "
-            f"({100 * verdict.fp32_top1:.1f}% -> {100 * verdict.top1:.1f}%), more than --max-top1-drop "
-            f"{verdict.max_drop:g}; calibrate on images like the ones you serve (--calib-dir); nothing was written"
-        )
-    return verdict.params("int8")
+def _fp16(ctx: ExportContext, name: str) -> float:
+    from export.int8_step import served_runners
 
-
-def _fp16(ctx: _Ctx, name: str) -> float:
     m = ctx.st.model(name, ctx.version)
     fp16 = convert_fp16(ctx.ref.fp32, m.version_dir / "model.onnx")
     threshold = gate_threshold(ctx.opts, "fp16")
-    agreement = ctx.ref.agreement(ort_runner(fp16))
-    print(f"FP16 top-1 agreement with FP32: {100 * agreement:.1f}% (gate {100 * threshold:.1f}%)", flush=True)
-    if agreement < threshold:
-        raise ExportError(f"FP16 gate failed: top-1 agreement with FP32 is {100 * agreement:.1f}% < "
-                          f"{100 * threshold:.1f}%; nothing was written")
-    m.write(build_config(ctx.config(name, "fp16", {"export.fp16_agreement": f"{agreement:.4f}"})),
-            ctx.loaded.labels)
-    return agreement
+    got = ctx.ref.score(ort_runner(fp16))
+    print(f"FP16 vs FP32: {got.summary()} (gate {100 * threshold:.1f}%)", flush=True)
+    if got.score < threshold:
+        raise ExportError(f"FP16 gate failed: {got.summary()}, below {100 * threshold:.1f}%; nothing was written")
+    extra = {"export.fp16_agreement": f"{got.top1:.4f}", "export.fp16_score": f"{got.score:.4f}"}
+    extra |= write_gate_check(m.version_dir, ctx.ref, threshold, served_runners(fp16), ctx.opts.max_batch_size)
+    m.write(build_config(ctx.config(name, "fp16", extra)), ctx.loaded.labels)
+    return got.score
+
+
+def _fp32_check(ctx: ExportContext, version_dir: Path, model: Path, bf16_params: dict[str, str]) -> dict[str, str]:
+    """The check set of an FP32 model, for OpenVINO's BF16 execution on CPUs that have it (unless pinned)."""
+    from export import openvino
+
+    if bf16_params.get(openvino.PRECISION_PARAM) == "f32":
+        return {}  # pinned to FP32: served exactly, nothing to check
+    runners = [] if ctx.bf16_skip is not None else [openvino.ov_runner(model, "bf16")]
+    return write_gate_check(version_dir, ctx.ref, bf16.MIN_AGREEMENT, runners, ctx.opts.max_batch_size)

@@ -18,6 +18,15 @@ import pytest
 INTEGRATION_FIXTURES = frozenset({"model_repo", "exports", "photo_classifier"})
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Every log names the CPU kind that ran it: INT8 kernels, BF16 and speed differ between kinds."""
+    from modelrepo.cpu import this_cpu
+
+    cpu = this_cpu()
+    int8 = "exact (VNNI/AMX)" if cpu.int8_exact else "saturating (no VNNI)"
+    return [f"cpu: {cpu.describe()}; INT8 dot products {int8}"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):

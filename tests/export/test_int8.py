@@ -15,7 +15,9 @@ import onnxruntime as ort
 import pytest
 
 from export import images, openvino
+from modelrepo import checkset
 from modelrepo.config import get_params, read_config
+from modelrepo.cpu import this_cpu
 from tests.export.helpers import run_cli, snapshot
 
 pytestmark = pytest.mark.slow
@@ -31,10 +33,10 @@ def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Pat
     run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
                   "--name", "photos", "--precision", "int8", "--calib-dir", str(calib_dir))
     assert run.rc == 0, run.err
-    m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)% \(gate 98.0%\)", run.out)
+    m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)%; score ([\d.]+)% \(gate 98.0%\); format (\S+);", run.out)
     assert m, run.out
-    agreement = float(m.group(1)) / 100
-    assert agreement >= 0.98
+    agreement, score = float(m.group(1)) / 100, float(m.group(2)) / 100
+    assert score >= 0.98 and m.group(3) in ("u8s8-rr", "u8u8")  # auto: a format exact on every CPU
 
     cfg = read_config(repo / "photos_int8")
     params = get_params(cfg)
@@ -42,6 +44,14 @@ def test_int8_export_passes_the_gate(tmp_path: Path, photo_classifier: tuple[Pat
     assert params["export.precision"] == "int8" and params["export.int8_method"] == "ort-qdq"  # the default
     assert params["export.format"] == "onnx"
     assert float(params["export.int8_agreement"]) == pytest.approx(agreement, abs=1e-3)
+    assert float(params["export.int8_score"]) == pytest.approx(score, abs=1e-3)
+    fmt = params["export.int8_format"]
+    assert fmt.startswith(f"{m.group(3)} (") and "every x86 CPU" in fmt
+    assert f"{m.group(3)}: score" in params["export.int8_candidates"]
+    # the gate travels: a check set beside the version, its gate and where it was measured in the config
+    assert (repo / "photos_int8" / "1" / params[checkset.PARAM_CHECK]).is_file()
+    assert float(params[checkset.PARAM_MIN]) == 0.98 and float(params[checkset.PARAM_SCORE]) >= 0.98
+    assert params[checkset.PARAM_CPU] == this_cpu().describe()
     assert params["source.weights"].startswith("sha256:")
     assert params["export.int8_calibration"] == str(calib_dir)
     assert get_params(read_config(repo / "photos"))["export.precision"] == "fp32"
@@ -83,5 +93,5 @@ def test_int8_gate_refuses_a_badly_calibrated_model(
                   "--precision", "int8", "--int8-method", method, "--no-bf16-gate")
     assert run.rc == 1, run.out
     assert "INT8 gate failed" in run.err and "--min-agreement" in run.err
-    assert re.search(r"INT8 top-1 agreement with FP32: [\d.]+%", run.out)
+    assert re.search(r"INT8 \S+: score [\d.]+%", run.out)
     assert snapshot(repo) == set()

@@ -45,7 +45,7 @@ def ov_export(photo_classifier: tuple[Path, Path], tmp_path_factory: pytest.Temp
 @pytest.mark.slow
 def test_ir_is_written_with_the_openvino_backend(ov_export: tuple[Path, Run]) -> None:
     repo, run = ov_export
-    assert sorted(p.name for p in (repo / "photos_ov" / "1").iterdir()) == ["model.bin", "model.xml"]
+    assert sorted(p.name for p in (repo / "photos_ov" / "1").iterdir()) == ["gate_check.npz", "model.bin", "model.xml"]
     onnx_cfg, cfg = read_config(repo / "photos"), read_config(repo / "photos_ov")
     assert cfg.name == "photos_ov" and cfg.backend == "openvino"
     assert cfg.platform == "" and cfg.default_model_filename == ""
@@ -86,7 +86,7 @@ def test_bf16_gate_passes_on_the_photo_classifier(ov_export: tuple[Path, Run]) -
         if params["export.bf16_gate"] == bf16.PASSED:
             assert float(params["export.bf16_agreement"]) >= 0.99
             assert params["export.bf16_photos_top1_same"] == "true"
-            assert re.search(rf"OpenVINO BF16 vs FP32 \({name}\): top-1 agreement [\d.]+% \(gate 99.0%\)", run.out)
+            assert re.search(rf"OpenVINO BF16 vs FP32 \({name}\): score [\d.]+% .*\(gate 99.0%\)", run.out)
     assert "pinned" not in run.out
     assert "openvino.inference_precision" not in get_params(read_config(repo / "photos_int8"))
 
@@ -95,7 +95,8 @@ def test_bf16_gate_passes_on_the_photo_classifier(ov_export: tuple[Path, Run]) -
 @pytest.mark.slow
 def test_nncf_int8_is_an_openvino_ir_that_passes_the_gate(ov_export: tuple[Path, Run]) -> None:
     repo, run = ov_export
-    m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)% \(gate 98.0%\).*\(nncf\)", run.out)
+    m = re.search(r"INT8 top-1 agreement with FP32: ([\d.]+)%; score ([\d.]+)% \(gate 98.0%\); format nncf-7bit;"
+                  r".*\(nncf\)", run.out)
     assert m, run.out
     cfg = read_config(repo / "photos_int8")
     params = get_params(cfg)
@@ -103,7 +104,8 @@ def test_nncf_int8_is_an_openvino_ir_that_passes_the_gate(ov_export: tuple[Path,
     assert params["export.int8_method"] == "nncf" and params["export.precision"] == "int8"
     assert params["export.format"] == "openvino-ir"
     assert float(params["export.int8_agreement"]) == pytest.approx(float(m.group(1)) / 100, abs=1e-3)
-    assert float(params["export.int8_agreement"]) >= 0.98
+    assert float(params["export.int8_score"]) == pytest.approx(float(m.group(2)) / 100, abs=1e-3)
+    assert float(params["export.int8_score"]) >= 0.98 and params["export.int8_format"].startswith("nncf-7bit (")
     xml = repo / "photos_int8" / "1" / "model.xml"
     assert sorted(p.name for p in xml.parent.iterdir()) == ["model.bin", "model.xml"]
     assert xml.with_suffix(".bin").stat().st_size < (repo / "photos_ov" / "1" / "model.bin").stat().st_size / 3
