@@ -19,7 +19,13 @@ Checks (ratios within the run, never absolute times):
 - shedding is fast: the 503s' p99 during the burst / the 200s' p99 before it <= ``SHED_TARGET`` (a
   refusal, no decode and no inference, under 3x overload takes at most twice a request served unloaded);
 - recovery: p50 after / p50 before <= ``RECOVERY_TARGET``;
-- isolation: the calm key's p50 during the flood / alone <= ``ISOLATION_TARGET``.
+- isolation: the calm key's p50 during the flood / alone <= ``ISOLATION_TARGET``;
+- deadlines: no request accepted during the burst is answered 504 (admission promised it would finish).
+
+It also prints how far admission's completion estimate was off over the burst (completion - predicted,
+p50/p99, from the service's ``inference_admission_estimate_error_seconds`` histogram). ``--cpu-quota
+0.25`` holds the servers to a quarter of each core (a cgroup quota, ``loadtest.cpucap``; needs root):
+this machine then behaves like one about 4x slower, where the estimate matters most.
 
 Prints a table, writes ``loadtest/results/overload-<timestamp>.json`` and ``overload-latest.json``;
 exit status 1 when a check fails. Measure on a quiet machine: the table warns when other processes
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import resource
@@ -38,11 +45,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from loadtest import cpucap, estimate_error
 from loadtest.images import sample_jpegs
 from loadtest.procs import free_port, machine_busy_s, proc_cpu_s, running, service_argv
 from loadtest.rawclient import Answer, build, closed_loop, open_loop, run
@@ -153,7 +161,9 @@ def measure_overload(args: argparse.Namespace, body: bytes, url: str, pid: int) 
     log(f"overload: capacity {capacity:.1f} req/s; burst at {rate:.1f} req/s for {args.burst_seconds:g} s")
     rss0 = rss_mib(pid)
     deadline = {"X-Request-Timeout-Ms": str(args.deadline_ms)}
+    hist0 = estimate_error.scrape(url, args.model)
     burst, cpu_burst = timed(pid, lambda: paced(url, body, rate, args.burst_seconds, deadline))
+    error = estimate_error.summary(estimate_error.delta(hist0, estimate_error.scrape(url, args.model)))
     rss1 = rss_mib(pid)
     closed(url, body, 2, 1.0)  # settling, unmeasured: what a client sees once the burst is over
     log(f"overload: after, closed loop c=2 for {args.duration:g} s")
@@ -162,7 +172,7 @@ def measure_overload(args: argparse.Namespace, body: bytes, url: str, pid: int) 
             "before": {"codes": codes(before), "ok": latency(before, 200), "cpu": cpu_before},
             "burst": {"codes": codes(burst), "shed": latency(burst, 503), "ok": latency(burst, 200),
                       "retry_after": sum("retry-after" in a.headers for a in burst if a.status == 503),
-                      "cpu": cpu_burst},
+                      "cpu": cpu_burst, "estimate_error": error},
             "after": {"codes": codes(after), "ok": latency(after, 200), "cpu": cpu_after}}
 
 
@@ -195,6 +205,9 @@ def checks(result: dict[str, Any]) -> dict[str, Any]:
                              "503 p99 during the burst / 200 p99 before it")
         out["recovery"] = _ratio(o["after"]["ok"]["p50_ms"], o["before"]["ok"]["p50_ms"], RECOVERY_TARGET,
                                  "200 p50 after the burst / before it")
+        codes_ = o["burst"]["codes"]
+        out["deadlines"] = _ratio(codes_.get("504", 0), codes_.get("504", 0) + codes_.get("200", 0), 0.0,
+                                  "504s among the burst's accepted requests / accepted")
     if r:
         out["isolation"] = _ratio(r["during"]["ok"]["p50_ms"], r["alone"]["ok"]["p50_ms"], ISOLATION_TARGET,
                                   "calm key 200 p50 during the flood / alone")
@@ -235,6 +248,12 @@ def format_result(result: dict[str, Any]) -> str:
                      f"{o['rss_mib'][1]:.0f} MiB over the burst; {o['burst']['retry_after']} of "
                      f"{o['burst']['shed']['n']} 503s carried Retry-After; 503 p99 / accepted 200 p50 during "
                      f"the burst {o['burst']['shed']['p99_ms'] / o['burst']['ok']['p50_ms']:.2f}")
+    e, quota = (o or {}).get("burst", {}).get("estimate_error"), result.get("args", {}).get("cpu_quota")
+    if o and e:
+        lines.append(f"info     admission estimate error (completion - predicted) over the burst: p50 "
+                     f"{e['p50_ms']:.0f} ms, p99 {e['p99_ms']:.0f} ms, {e['late']:.0f} of {e['n']:.0f} later than "
+                     f"predicted; 504s: {o['burst']['codes'].get('504', 0)}"
+                     + (f"; server held to {quota:g} of each core (cgroup quota)" if quota else ""))
     for c in result.get("checks", {}).values():
         lines.append(f"check    {c['what']} = {c['value']:.1f} / {c['baseline']:.1f} = {c['ratio']:.2f} "
                      f"(target <= {c['target']:.2f})  {'PASS' if c['pass'] else 'FAIL'}")
@@ -254,11 +273,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--deadline-ms", type=float, default=2000.0, help="X-Request-Timeout-Ms of the burst's requests")
     ap.add_argument("--service-args", default="--max-queue-size 32 --intra-op-threads 1",
                     help="flags for the overload server, one quoted string")
+    ap.add_argument("--cpu-quota", type=float, default=0.0,
+                    help="hold the servers to this fraction of each core (a cgroup CPU quota, needs root): 0.25 "
+                         "makes this machine about 4x slower; 0 (default): no quota")
+    ap.add_argument("--cpu-period-ms", type=float, default=100.0,
+                    help="the quota's period (the kernel's and Kubernetes' default 100 ms throttles in bursts; "
+                         "shorter is closer to a uniformly slow CPU)")
     ap.add_argument("--rate-limit-rps", type=float, default=5.0, help="per-key limit of the rate-limit server")
     ap.add_argument("--skip", choices=("overload", "rate-limit"), action="append", default=[], help="skip a part")
     ap.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for a server to be ready")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     return ap.parse_args(argv)
+
+
+@contextlib.contextmanager
+def capped(args: argparse.Namespace, pid: int) -> Iterator[None]:
+    """The server ``pid`` held to ``--cpu-quota`` of each core while the context lasts (nothing when 0)."""
+    if not args.cpu_quota:
+        yield
+        return
+    with cpucap.cap(pid, args.cpu_quota, args.cpu_period_ms) as group:
+        log(f"server {pid} held to {args.cpu_quota:g} of each core ({group.path}, period {args.cpu_period_ms:g} ms)")
+        yield
+        log(f"the quota held the server back {group.throttled_s():.1f} s in all")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             argv_ = service_argv(args.repo, args.model, port, shlex.split(args.service_args))
             log(f"overload: starting the service on 127.0.0.1:{port} ({args.service_args})")
-            with running("service", argv_, port, Path(tmp) / "overload.log", "/health/ready", args.ready_timeout) as s:
+            log_ = Path(tmp) / "overload.log"
+            with running("service", argv_, port, log_, "/health/ready", args.ready_timeout) as s, capped(args, s.pid):
                 result["overload"] = measure_overload(args, body, s.url, s.pid)
         if "rate-limit" not in args.skip:
             keys = Path(tmp) / "keys.txt"
@@ -287,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--api-keys-file", str(keys), "--rate-limit-rps", f"{args.rate_limit_rps:g}",
                 "--rate-limit-burst", f"{max(1, round(args.rate_limit_rps))}"])
             log(f"rate limit: starting the service on 127.0.0.1:{port}")
-            with running("service", argv_, port, Path(tmp) / "rate.log", "/health/ready", args.ready_timeout) as s:
+            log_ = Path(tmp) / "rate.log"
+            with running("service", argv_, port, log_, "/health/ready", args.ready_timeout) as s, capped(args, s.pid):
                 result["rate_limit"] = measure_rate_limit(args, body, s.url, s.pid)
     result["environment"]["loadavg_end"] = os.getloadavg()
     result["checks"] = checks(result)

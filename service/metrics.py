@@ -36,6 +36,9 @@ def mark_process_dead(pid: int) -> None:
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: actual - predicted completion: negative when a request finished before admission said it would
+_ERROR_BUCKETS = (-5.0, -2.0, -1.0, -0.75, -0.5, -0.4, -0.3, -0.2, -0.15, -0.1, -0.075, -0.05, -0.025, -0.01, 0.0,
+                  0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
 def _latency(registry: CollectorRegistry, name: str, doc: str) -> Histogram:
@@ -57,6 +60,11 @@ class Metrics:
             "inference_preprocess_duration_seconds", "Decode + preprocess time per request"
         )
         self.compute_duration = latency("inference_compute_duration_seconds", "Runtime time per batch")
+        self.estimate_error = Histogram(
+            "inference_admission_estimate_error_seconds",
+            "Completion time of an admitted request minus the one admission predicted (positive: later than "
+            "promised; a 504's is taken when its deadline passed)", ["model"], buckets=_ERROR_BUCKETS, registry=r,
+        )
         self.batch_size = Histogram(
             "inference_batch_size", "Images per executed batch", ["model"], buckets=_BATCH_BUCKETS, registry=r
         )

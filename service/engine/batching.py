@@ -34,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from service.engine.cost_model import CostModel
+from service.engine import admission
+from service.engine.admission import Admission
+from service.engine.cost_model import OUTLIER_CAP, Backlog, CostModel
 from service.engine.guards import InstanceThread
 from service.engine.steps import Step, StepResult
-from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull, RuntimeHung
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, RuntimeHung
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,9 @@ class Batcher:
         self._idle.set()
         self._pending_images = 0
         self._reserved = 0  # admitted images still being decoded, not yet queued
+        self._forming: list[_Item] = []  # the batch taken from the queue, not yet on an instance
+        self._inflight: dict[int, tuple[float, float]] = {}  # instance -> (batch start, its estimated cost)
+        self._freed_at = [0.0] * len(self._steps)  # when each instance last finished a batch
         # One thread per instance: a runtime instance is never entered by two threads at once.
         self._executors = [InstanceThread(f"infer-{name}-{i}") for i in range(len(self._steps))]
         self._task: asyncio.Task[None] | None = None
@@ -133,40 +138,31 @@ class Batcher:
     def instance_count(self) -> int:
         return len(self._steps)
 
+    def backlog(self) -> Backlog:
+        """What stands between a request admitted now and the device."""
+        ran = [(time.monotonic() - start, cost) for start, cost in self._inflight.values()]
+        slowdown = max([1.0, *(min(OUTLIER_CAP, t / cost) for t, cost in ran if cost > 0)])
+        return Backlog(decoding=self._reserved, queued=self._pending_images + len(self._forming),
+                       inflight_left=[max(0.0, cost - t) for t, cost in ran], slowdown=slowdown,
+                       instances=len(self._steps) - len(self.retired), max_batch=self.config.max_batch_size)
+
     # -- submission ------------------------------------------------------------------------
-    def admit(self, n: int, deadline: float | None) -> None:
+    def admit(self, n: int, deadline: float | None, decodes: bool = True) -> Admission:
         """Reserve queue room for ``n`` images before the caller spends CPU decoding them.
 
-        Raises QueueFull (503) when they do not fit, or when the recent batch costs predict the
-        request would miss its deadline anyway (deadline-aware admission). Pair with ``submit(...,
-        admitted=True)`` or ``release(n)``.
+        Raises QueueFull (503) when they do not fit, or when the estimate (``backlog`` priced by the
+        cost model) says the request would miss its deadline anyway (``service.engine.admission``).
+        ``decodes``: the caller decodes the images between this and ``submit`` (False: it holds model
+        inputs already). Pair with ``submit(..., admitted=<the Admission>)`` or ``release(n)``.
         """
         if not self._accepting:
             raise ModelNotReady(f"model {self.name!r} is being unloaded; retry shortly", retry_after_s=1)
         if self._broken is not None:
             raise ModelNotReady(f"model {self.name!r} is not ready ({self._broken}); reload it", retry_after_s=5)
-        cfg = self.config
-        ahead = self._pending_images + self._reserved
-        if ahead + n > cfg.max_queue_size:
-            retry = max(1.0, self.cost.predict(ahead, 0, cfg.max_batch_size, len(self._steps)))
-            raise QueueFull(
-                f"model {self.name!r} queue is full ({ahead} images waiting, limit {cfg.max_queue_size}); "
-                "retry after the Retry-After delay",
-                retry_after_s=retry,
-            )
-        # With nothing ahead the request runs at once whatever the estimate says: its batch refreshes
-        # the estimate, so one slow batch (a decoder's first call, a GC pause) cannot lock a model out.
-        if self._admission and deadline is not None and ahead > 0:
-            now = time.monotonic()
-            eta = self.cost.predict(ahead, n, cfg.max_batch_size, len(self._steps))
-            if now + eta > deadline:
-                raise QueueFull(
-                    f"model {self.name!r} cannot finish this request before its deadline "
-                    f"(predicted {eta * 1000:.0f} ms, {max(0.0, deadline - now) * 1000:.0f} ms left); "
-                    "retry later or allow a longer X-Request-Timeout-Ms",
-                    retry_after_s=eta,
-                )
+        ticket = admission.admit(self.name, self.cost, self.backlog(), self.config.max_queue_size, n, deadline,
+                                 decodes, self._admission)
         self._reserved += n
+        return ticket
 
     def release(self, n: int) -> None:
         """Give back room reserved by ``admit`` for images that will not be submitted."""
@@ -175,17 +171,21 @@ class Batcher:
             self._wakeup.set()
 
     def submit(
-        self, payloads: list[Any], deadline: float | None, admitted: bool = False
+        self, payloads: list[Any], deadline: float | None, admitted: Admission | bool = False
     ) -> list[asyncio.Future]:
         """Enqueue one request's images; returns one future per image (logits row, queue_s, compute_s).
 
-        Without ``admitted`` this runs ``admit`` first (503 when full or the deadline is hopeless).
+        ``admitted``: the ``Admission`` that ``admit`` returned for them (its time to here teaches the
+        estimate what the pre stage costs), or True for room reserved without one. Without it this runs
+        ``admit`` first (503 when full or the deadline is hopeless).
         """
         n = len(payloads)
         if not admitted:
-            self.admit(n, deadline)
+            admitted = self.admit(n, deadline, decodes=False)
         self._reserved -= n
         now = time.monotonic()
+        if isinstance(admitted, Admission) and admitted.decodes:
+            self.cost.observe_pre(admitted.decoding_ahead + n, now - admitted.at)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future] = []
         for t in payloads:
@@ -197,7 +197,7 @@ class Batcher:
         return futures
 
     async def run(
-        self, payloads: list[Any], deadline: float | None, admitted: bool = False
+        self, payloads: list[Any], deadline: float | None, admitted: Admission | bool = False
     ) -> list[tuple[np.ndarray, float, float]]:
         """Submit and wait for every image; 504 when the deadline passes first. Leftovers are cancelled.
         An image that failed alone (StepResult.failed) raises its own error (the first one)."""
@@ -208,14 +208,17 @@ class Batcher:
         return out  # type: ignore[return-value]
 
     async def run_each(
-        self, payloads: list[Any], deadline: float | None, admitted: bool = False
+        self, payloads: list[Any], deadline: float | None, admitted: Admission | bool = False
     ) -> list[tuple[np.ndarray, float, float] | BaseException]:
         """Like ``run``, but an image that failed alone gives its error in its place."""
+        if not admitted:
+            admitted = self.admit(len(payloads), deadline, decodes=False)
         futures = self.submit(payloads, deadline, admitted)
         try:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            return list(await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout))
+            out = list(await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout))
         except TimeoutError as e:
+            self._learn(admitted)  # not done at its deadline: a lower bound of the time it needed
             raise DeadlineExceeded(
                 f"request deadline passed while queued for model {self.name!r}; the service is overloaded "
                 "or X-Request-Timeout-Ms is too short"
@@ -226,6 +229,14 @@ class Batcher:
                     f.cancel()
                 elif not f.cancelled():
                     f.exception()  # retrieved: no "exception was never retrieved" noise
+        if not any(isinstance(r, BaseException) for r in out):
+            self._learn(admitted)
+        return out
+
+    def _learn(self, admitted: Admission | bool) -> None:
+        """Teach the cost model how far its estimate for this request was off."""
+        if isinstance(admitted, Admission):
+            self.cost.observe_outcome(admitted.estimate_s, time.monotonic() - admitted.at)
 
     # -- the loop --------------------------------------------------------------------------
     def _pop_live(self) -> _Item | None:
@@ -261,7 +272,7 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = [item]
+            batch = self._forming = [item]
             close_at = item.enqueued + cfg.max_queue_delay_s
             # Grow until full, a preferred size, or the oldest image's delay is spent.
             while len(batch) < cfg.max_batch_size and len(batch) not in preferred:
@@ -278,6 +289,7 @@ class Batcher:
             # Wait for an idle instance; whatever arrives meanwhile joins this batch.
             await self._idle.wait()
             if self._broken is not None:  # no instance left: fail at once, never wait on a hung runtime
+                self._forming = []
                 self._fail_all(batch, ModelNotReady(f"model {self.name!r} is not ready ({self._broken}); "
                                                     "reload it", retry_after_s=5))
                 continue
@@ -289,6 +301,8 @@ class Batcher:
             index = self._free.popleft()
             if not self._free:
                 self._idle.clear()
+            self._forming = []
+            self._inflight[index] = (time.monotonic(), self.cost.batch(len(batch)))
             task = asyncio.get_running_loop().create_task(self._run(index, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -348,8 +362,11 @@ class Batcher:
                 logger.exception("batch of %d failed on model %s", len(batch), self.name)
                 _fail(batch, InferenceFailed(f"inference failed on model {self.name!r}: {type(e).__name__}: {e}"))
                 return
-            compute = time.monotonic() - started
-            self.cost.observe(len(batch), compute)
+            done = time.monotonic()
+            compute = done - started
+            # What the batch cost the device, from the moment the instance could have started it: the
+            # loop's hand-off (slow on a starved CPU) counts, as it does for the requests waiting.
+            self.cost.observe(len(batch), done - max(self._freed_at[index], batch[0].enqueued))
             queue_s = [started - it.enqueued for it in batch]
             row = 0
             for i, it in enumerate(batch):
@@ -363,6 +380,8 @@ class Batcher:
             if self._on_batch:
                 self._on_batch(BatchStats(len(batch), compute, queue_s))
         finally:
+            self._inflight.pop(index, None)
+            self._freed_at[index] = time.monotonic()
             if index not in self.retired:
                 self._free.append(index)
                 self._idle.set()

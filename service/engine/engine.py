@@ -11,18 +11,21 @@ With ``--processes 1`` the engine lives in the HTTP process and this object is c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
+from service.engine.admission import Admission
 from service.engine.catalog import Classified, Predictions, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.engine.pipeline import post
-from service.errors import ANSWERABLE, ModelNotFound, ModelNotReady, ServiceError
+from service.errors import ANSWERABLE, DeadlineExceeded, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 
 logger = logging.getLogger("service.engine")
@@ -122,7 +125,7 @@ class Engine:
         (then nothing is run: the request is answered with the first one, 400 naming the image)."""
         if not images:
             return Classified([])
-        inst.batcher.admit(len(images), deadline)
+        admitted = inst.batcher.admit(len(images), deadline)
         submitted = False
         try:
             t_pre = time.monotonic()
@@ -135,7 +138,7 @@ class Engine:
                 return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
                                   preprocess_s=preprocess_s)
             submitted = True
-            done = await self.run_admitted(inst, list(outcome), top_k, deadline)
+            done = await self.run_admitted(inst, list(outcome), top_k, deadline, admitted)
         finally:
             if not submitted:
                 inst.batcher.release(len(images))
@@ -143,9 +146,11 @@ class Engine:
         return done
 
     async def run_admitted(self, inst: ModelInstance, payloads: list[Any], top_k: int,
-                           deadline: float) -> Classified:
-        """run -> post for payloads already admitted (``inst.batcher.admit``) and preprocessed."""
-        answers = await inst.batcher.run_each(payloads, deadline, admitted=True)
+                           deadline: float, admitted: Admission | bool = True) -> Classified:
+        """run -> post for payloads already admitted (``admitted``: what ``inst.batcher.admit`` returned)
+        and preprocessed."""
+        with self._estimate_error(inst, admitted):
+            answers = await inst.batcher.run_each(payloads, deadline, admitted=admitted)
         self.metrics.child(self.metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
         results: list[Predictions | ServiceError] = []
         done = [res for res in answers if not isinstance(res, BaseException)]
@@ -161,6 +166,23 @@ class Engine:
 
     async def infer(self, inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
         """The (N, C) logits of a batch of model inputs, through admission and the dynamic batcher."""
-        inst.batcher.admit(len(batch), deadline)
-        rows = await inst.batcher.run(list(batch), deadline, admitted=True)
+        admitted = inst.batcher.admit(len(batch), deadline, decodes=False)
+        with self._estimate_error(inst, admitted):
+            rows = await inst.batcher.run(list(batch), deadline, admitted=admitted)
         return np.stack([r[0] for r in rows]).astype(np.float32, copy=False)
+
+    @contextlib.contextmanager
+    def _estimate_error(self, inst: ModelInstance, admitted: Admission | bool) -> Iterator[None]:
+        """Observe completion minus admission's prediction when the run ends, or when it is answered 504
+        (a lower bound then); other failures say nothing about the estimate."""
+        try:
+            yield
+        except DeadlineExceeded:
+            self._observe_error(inst, admitted)
+            raise
+        self._observe_error(inst, admitted)
+
+    def _observe_error(self, inst: ModelInstance, admitted: Admission | bool) -> None:
+        if isinstance(admitted, Admission):
+            error = time.monotonic() - admitted.done_by
+            self.metrics.child(self.metrics.estimate_error, inst.name).observe(error)

@@ -25,6 +25,7 @@ import numpy as np
 from modelrepo.config import format_config
 from service.config import Settings
 from service.engine import wire
+from service.engine.admission import Admission
 from service.engine.arena import ArenaView
 from service.engine.engine import Engine
 from service.engine.instance import ModelInstance
@@ -77,7 +78,7 @@ class _Connection:
     def __init__(self, engine: Engine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.engine, self.reader, self.writer = engine, reader, writer
         self.view: ArenaView | None = None
-        self.admitted: dict[int, tuple[ModelInstance, int]] = {}
+        self.admitted: dict[int, tuple[ModelInstance, Admission]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.name = "?"
 
@@ -121,17 +122,17 @@ class _Connection:
     def _admit(self, msg: wire.Admit) -> None:
         try:
             inst = self.engine.model(msg.model, msg.version)
-            inst.batcher.admit(msg.n, msg.deadline)
+            admitted = inst.batcher.admit(msg.n, msg.deadline)
         except ANSWERABLE as e:
             self._send(wire.Reply(msg.id, error=wire.failure(e)))
             return
-        self.admitted[msg.id] = (inst, msg.n)
+        self.admitted[msg.id] = (inst, admitted)
         self._send(wire.Reply(msg.id, ok=[inst.name, inst.version]))
 
     def _release(self, rid: int) -> None:
         held = self.admitted.pop(rid, None)
         if held is not None:
-            held[0].batcher.release(held[1])
+            held[0].batcher.release(held[1].n)
 
     async def _answer(self, msg: wire.Message) -> None:
         rid = getattr(msg, "id", 0)
@@ -163,7 +164,7 @@ class _Connection:
                 held = self.admitted.pop(msg.id, None)
                 if held is None:
                     raise BadRequest(f"classify {msg.id} was not admitted")
-                done = await e.run_admitted(held[0], payloads, msg.top_k, msg.deadline)
+                done = await e.run_admitted(held[0], payloads, msg.top_k, msg.deadline, held[1])
             else:
                 done = await e.classify(e.model(msg.model, msg.version), payloads, msg.top_k, msg.deadline)
             results = [None if isinstance(r, Exception) else r for r in done.results]

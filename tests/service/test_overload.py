@@ -20,11 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest import cpucap, estimate_error
 from loadtest.overload import classify_request, closed, codes, flood_and_calm, paced, pct, rss_mib
+from loadtest.procs import proc_cpu_s
 from loadtest.rawclient import CLOSED_BEFORE_ANSWER, Answer, closed_loop, run
 from tests.service.conftest import start_server
 
 pytestmark = pytest.mark.slow
+#: the slow CPU's capacity: its 32-image queue then takes twice the 2 s deadline to drain
+SLOW_RPS = 8.0
 
 
 def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path: Path,
@@ -39,7 +43,9 @@ def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path
         rss0 = rss_mib(srv.proc.pid)
         # 3x the capacity measured just now: the 32-image queue fills within the first seconds, whatever the
         # machine's speed, since the offered rate is relative to it
+        hist0 = estimate_error.scrape(srv.url, "resnet18")
         burst = paced(srv.url, body, 3 * capacity, 6.0, {"X-Request-Timeout-Ms": "2000"})
+        error = estimate_error.summary(estimate_error.delta(hist0, estimate_error.scrape(srv.url, "resnet18")))
         rss1 = rss_mib(srv.proc.pid)
         # paced() returned once every burst request had its answer: nothing is queued any more
         after = closed(srv.url, body, 2, 2.0)
@@ -51,7 +57,8 @@ def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path
     print(f"\noverload: capacity {capacity:.1f} req/s; offered {3 * capacity:.1f} req/s for 6 s = {len(burst)} "
           f"requests -> {codes(burst)}; 503 p99 {pct([o.ms for o in shed], 99):.1f} ms vs 200 p99 before "
           f"{pct([o.ms for o in before if o.status == 200], 99):.0f} ms; RSS {rss0:.0f} -> {rss1:.0f} MiB; "
-          f"after: {codes(after)} (timing: python -m loadtest.overload)")
+          f"after: {codes(after)}; admission estimate error p50 {error['p50_ms']:.0f} ms, p99 {error['p99_ms']:.0f} ms "
+          "(timing: python -m loadtest.overload)")
     assert before and all(o.status == 200 for o in before), codes(before)
     assert shed, "3x capacity must shed load"
     assert all("retry-after" in o.headers for o in shed), "every 503 says when to retry"
@@ -60,6 +67,41 @@ def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path
     assert rss1 - rss0 < 150, "memory stays bounded under the burst"
     assert after and all(o.status == 200 for o in after), f"served again after the burst: {codes(after)}"
     assert ready.status_code == 200, ready.text
+
+
+def test_overload_on_a_slow_cpu_keeps_admissions_promise(model_repo: Path, tmp_path: Path,
+                                                        photos: dict[str, bytes]) -> None:
+    """The same scenario on a CPU so slow that a full queue takes twice the deadline to drain, so the
+    queue bound alone would let accepted requests time out: only the estimate (the pre stage, the
+    batch in flight, the cost per batch size) keeps them from 504. Any machine is made that slow,
+    relative to its own speed, by a cgroup CPU quota on the server (loadtest.cpucap)."""
+    why = cpucap.unusable()
+    if why:
+        pytest.skip(f"a CPU quota cannot be set here: {why}")
+    srv = start_server(model_repo, tmp_path, "--max-queue-size", "32", "--intra-op-threads", "1")
+    body, pid = photos["coffee.jpg"], srv.proc.pid
+    try:
+        closed(srv.url, body, 2, 2.0)  # warm
+        cpu0 = proc_cpu_s(pid)
+        fast = closed(srv.url, body, 2, 3.0)
+        cores = (proc_cpu_s(pid) - cpu0) / 3.0
+        quota = cpucap.per_core_for(SLOW_RPS, sum(o.status == 200 for o in fast) / 3.0, cores)
+        with cpucap.cap(pid, quota, cpucap.smooth_period_ms(quota)):
+            closed(srv.url, body, 2, 2.0)  # the estimate learns the slow machine
+            slow = closed(srv.url, body, 2, 4.0)
+            capacity = sum(o.status == 200 for o in slow) / 4.0
+            hist0 = estimate_error.scrape(srv.url, "resnet18")
+            burst = paced(srv.url, body, 3 * capacity, 6.0, {"X-Request-Timeout-Ms": "2000"})
+            error = estimate_error.summary(estimate_error.delta(hist0, estimate_error.scrape(srv.url, "resnet18")))
+    finally:
+        srv.stop()
+    accepted = [o for o in burst if o.status not in (503, None)]
+    print(f"\nslow CPU ({quota:.3f} of each core): capacity {capacity:.1f} req/s (a full queue drains in "
+          f"{32 / max(capacity, 1e-9):.1f} s); offered {3 * capacity:.1f} req/s for 6 s -> {codes(burst)}; admission "
+          f"estimate error p50 {error['p50_ms']:.0f} ms, p99 {error['p99_ms']:.0f} ms")
+    assert slow and all(o.status == 200 for o in slow), codes(slow)
+    assert any(o.status == 503 for o in burst), "3x capacity must shed load"
+    assert accepted and all(o.status == 200 for o in accepted), f"accepted requests meet their deadline: {codes(burst)}"
 
 
 def test_sigterm_under_load_loses_nothing_accepted(model_repo: Path, tmp_path: Path, photos: dict[str, bytes]) -> None:
