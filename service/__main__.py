@@ -6,7 +6,6 @@ import logging
 import sys
 
 from service.config import parse_settings
-from service.http.server import serve
 from service.logging import configure_logging
 
 logger = logging.getLogger("service")
@@ -22,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("serving on %s:%d with %d front ends and one engine process", settings.host, settings.port,
                     settings.processes)
         raise SystemExit(supervise(settings.processes, argv, arena_mb=settings.ipc_shm_mb))
+    # Imported here: a spawned engine process imports this module too, and needs none of the HTTP stack.
+    from service.http.server import serve
+
     serve(settings)
 
 

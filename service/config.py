@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="inference precision of OpenVINO and PyTorch (auto: the model's config.pbtxt pin, else the "
         "runtime's default: OpenVINO's for this CPU, BF16 where the CPU has it; PyTorch FP16 on a GPU, FP32 on a CPU)",
     )
+    accept_accuracy_loss: bool = Field(
+        False, description="serve a reduced-precision model (INT8, FP16, BF16) that scores below the accuracy "
+        "gate recorded at export when its check set is re-run here (default: such an INT8/FP16 version is "
+        "refused, and an FP32 model that the runtime ran in BF16/FP16 is served in FP32 instead)",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to run models")
     instances: int | None = Field(
         None, ge=1, description="runtime instances per model version behind its one batcher (default: "
@@ -134,7 +139,19 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="logging level")
     workers: int = Field(max(1, os.cpu_count() or 1), description="threads that decode and preprocess images")
     intra_op_threads: int = Field(0, description="compute threads per model (0: one per core)")
-    warmup: bool = Field(True, description="run every batch size once before reporting ready")
+    warmup: bool = Field(True, description="run each --warmup-batch-sizes size once before reporting ready")
+    warmup_batch_sizes: Literal["auto", "all", "one"] = Field(
+        "auto", description="what warms before ready: all (every batch size 1..max_batch_size), one (batch size 1: "
+        "the runtime's one-time first-run costs) or auto: all on a GPU (a shape's first run picks its kernels), one "
+        "on a CPU (a size's first real batch is a little slower once, while warming every size costs max*(max+1)/2 "
+        "images: over a minute for ResNet-50 on a slow 2-core CPU)",
+    )
+    compile_cache: str = Field(
+        "auto", description="keep OpenVINO's compiled models here, so a restart (a crashed engine, a rolling "
+        "restart, the next start) skips compiling: a folder, auto ($XDG_CACHE_HOME/imgserve/compiled, else "
+        "~/.cache/imgserve/compiled) or off. Entries are keyed by model file, CPU and OpenVINO version, 2 GiB "
+        "in all; a folder that is not writable only turns the cache off, with a warning",
+    )
     cache_size: int = Field(0, description="result cache entries keyed by image hash (0: off)")
     admission_control: bool = Field(True, description="reject on arrival requests that cannot meet their deadline")
     graceful_timeout_s: float = Field(30.0, description="how long SIGTERM waits for in-flight requests")
@@ -149,6 +166,18 @@ class Settings(BaseSettings):
     shutdown_delay_s: float = Field(
         0.0, description="after SIGTERM, keep serving this long with readiness 503 (lets load balancers drain)"
     )
+
+    def compile_cache_dir(self) -> Path | None:
+        """``--compile-cache`` as a folder; None when off (or auto with no home folder to put it in)."""
+        if self.compile_cache in ("off", ""):
+            return None
+        if self.compile_cache != "auto":
+            return Path(self.compile_cache).expanduser()
+        try:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        except RuntimeError:  # no $HOME and no passwd entry
+            return None
+        return base / "imgserve" / "compiled"
 
     @field_validator("runtime")
     @classmethod

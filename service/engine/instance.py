@@ -9,6 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from modelrepo.layout import ModelEntry
 from modelrepo.preprocess import Preprocess
+from service.engine.accuracy_check import AccuracyCheck
 from service.engine.batching import Batcher
 from service.engine.pipeline import Pipeline
 from service.runtimes import Runtime
@@ -31,6 +32,8 @@ class ModelInstance:
     runtime_reason: str = ""
     #: the registry's word when the runtime was never run by the project's tests (TensorRT)
     runtime_untested: str = ""
+    #: what re-running its accuracy check set here found (``service.engine.accuracy_check``)
+    accuracy: AccuracyCheck | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -88,6 +91,7 @@ class ModelInstance:
                 "default_timeout_s": self.default_timeout_s,
             },
             "weights": self.weights,
+            **({"accuracy_check": self.accuracy.describe()} if self.accuracy is not None else {}),
             "source": {k: v for k, v in params.items()
                        if k.startswith(("source.", "export.", "tensorrt.", "openvino.", "serve."))},
             "queue_depth": self.batcher.queue_depth,

@@ -6,17 +6,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Callable
 
 from modelrepo.errors import RepositoryError
 from modelrepo.layout import ModelEntry
 from service.config import Settings
+from service.engine.accuracy_check import check_accuracy
 from service.engine.batching import Batcher, BatchStats
 from service.engine.guards import checked
 from service.engine.instance import ModelInstance
 from service.engine.pipeline import build_pipeline
 from service.engine.resolve import Resolved, batcher_config, class_labels, resolve
+from service.engine.warmup import warm_up, warmup_batch_sizes
 from service.metrics import Metrics
 from service.runtimes import Choice, LoadSpec, Runtime, choose, load_choice
 from service.runtimes.faults import stall_load, with_faults
@@ -35,16 +36,16 @@ def load_version(entry: ModelEntry, version: int, s: Settings, metrics: Metrics,
         raise RepositoryError(f"model {entry.name!r} version {version}: {model_file.name} is missing")
     spec = LoadSpec(model_file=model_file, params=entry.params, device=s.device, threads=s.intra_op_threads,
                     input_shape=res.input_shape,
-                    precision=None if s.inference_precision == "auto" else s.inference_precision)
+                    precision=None if s.inference_precision == "auto" else s.inference_precision,
+                    cache_dir=s.compile_cache_dir())
     runtimes, choice = load_instances(entry, version, spec, res, s)
+    runtimes, accuracy = check_accuracy(entry, version, runtimes, spec, res.max_batch_size, s.accept_accuracy_loss,
+                                        lambda pinned: load_instances(entry, version, pinned, res, s)[0])
     runtime = runtimes[0]
     bcfg = batcher_config(entry.config, s, res.max_batch_size, runtime.device_kind)
     if s.warmup:
-        t0 = time.monotonic()
-        for rt in runtimes:
-            rt.warmup(list(range(1, res.max_batch_size + 1)), res.input_shape)
-        logger.info("warmed up %s v%d (%d instance%s) at batch sizes 1..%d in %.1f s", entry.name, version,
-                    len(runtimes), "s" if len(runtimes) > 1 else "", res.max_batch_size, time.monotonic() - t0)
+        sizes = warmup_batch_sizes(s.warmup_batch_sizes, runtime.device_kind, res.max_batch_size)
+        warm_up(entry.name, version, runtimes, sizes, res.input_shape, res.max_batch_size)
     labels, why = class_labels(entry.labels(), entry.config)
     if why:
         logger.warning("model %s: %s", entry.name, why)
@@ -66,7 +67,7 @@ def load_version(entry: ModelEntry, version: int, s: Settings, metrics: Metrics,
         name=entry.name, version=version, entry=entry, runtimes=runtimes, batcher=batcher, pipeline=pipeline,
         labels=labels, preprocess=res.preprocess, input_shape=res.input_shape,
         default_timeout_s=res.timeout_s, weights=res.weights, runtime_reason=choice.reason,
-        runtime_untested=choice.info.untested,
+        runtime_untested=choice.info.untested, accuracy=accuracy,
     )
 
 

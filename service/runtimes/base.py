@@ -27,6 +27,8 @@ class LoadSpec:
     input_shape: tuple[int, ...] = ()
     #: an operator's precision pin (--inference-precision), overriding the config's; None = not pinned
     precision: str | None = None
+    #: where the runtime may keep compiled models between starts (``--compile-cache``); None = no cache
+    cache_dir: Path | None = None
 
 
 class Runtime(Protocol):

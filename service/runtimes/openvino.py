@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelrepo.errors import RepositoryError
 from service.runtimes.base import DeviceKind, LoadSpec, check_input_shape, warmup_sizes
+from service.runtimes.compile_cache import CacheEntry, open_entry
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,44 @@ def _partial_shape(port: Any) -> list[object]:
     return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
 
 
+def check_ports(spec: LoadSpec, inputs: list[Any], outputs: list[Any]) -> None:
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise RepositoryError(f"{spec.model_file}: expected one image input and a logits output, found "
+                              f"{len(inputs)} inputs and {len(outputs)} outputs")
+    check_input_shape(spec.model_file, _partial_shape(inputs[0]), spec.input_shape)
+
+
+def core_model(core: Any, spec: LoadSpec) -> Any:
+    """The model file read by OpenVINO and checked against its config (one image input, its dims)."""
+    try:
+        model = core.read_model(str(spec.model_file))
+    except Exception as e:  # OpenVINO raises RuntimeError subclasses with its frontend's message
+        raise RepositoryError(f"OpenVINO cannot read {spec.model_file}: {ov_message(e)}") from e
+    check_ports(spec, model.inputs, model.outputs)
+    return model
+
+
+def is_quantized(model: Any) -> bool:
+    """An INT8 model: FakeQuantize nodes (NNCF's IR; OpenVINO's ONNX frontend turns QDQ pairs into them)."""
+    return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def device_key(core: Any) -> str:
+    """What a compiled blob depends on besides the model and the options: runtime version and CPU."""
+    import openvino as ov
+
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return f"openvino {ov.get_version()} | {core.get_property('CPU', 'FULL_DEVICE_NAME')} | {' '.join(caps)}"
+
+
+def _open_cache(core: Any, spec: LoadSpec) -> CacheEntry | None:
+    if spec.cache_dir is None:
+        return None
+    files = [spec.model_file, spec.model_file.with_suffix(".bin")] if spec.model_file.suffix == ".xml" else [
+        spec.model_file]
+    return open_entry(spec.cache_dir, files, device_key(core))
+
+
 class OpenVinoRuntime:
     name = "openvino"
     label = "openvino-cpu"
@@ -95,14 +136,6 @@ class OpenVinoRuntime:
         model_file = spec.model_file
         if model_file.suffix == ".xml" and not model_file.with_suffix(".bin").is_file():
             raise RepositoryError(f"{model_file} has no {model_file.with_suffix('.bin').name} beside it")
-        try:
-            model = core.read_model(str(model_file))
-        except Exception as e:  # OpenVINO raises RuntimeError subclasses with its frontend's message
-            raise RepositoryError(f"OpenVINO cannot read {model_file}: {ov_message(e)}") from e
-        if len(model.inputs) != 1 or len(model.outputs) < 1:
-            raise RepositoryError(f"{model_file}: expected one image input and a logits output, found "
-                                  f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
-        check_input_shape(model_file, _partial_shape(model.inputs[0]), spec.input_shape)
         config: dict[str, Any] = {
             # One batch at a time per model (the batcher feeds it), all cores on that batch.
             "PERFORMANCE_HINT": "LATENCY",
@@ -111,6 +144,28 @@ class OpenVinoRuntime:
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         self.streams = streams_from(spec.params)
+        t0 = time.monotonic()
+        cache = _open_cache(core, spec)
+        quantized, how = self._compile_cached(core, spec, config, cache) if cache is not None else (None, "")
+        if quantized is None:
+            model = core_model(core, spec)
+            quantized = is_quantized(model)
+            self._compile(core, model, config, model_file)
+            how = "compiled"
+        self._request = self._compiled.create_infer_request()
+        used_type = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        used = used_type.to_string() if hasattr(used_type, "to_string") else str(used_type).lower()
+        compute = PRECISIONS.get(_ALIASES.get(used, used), used)
+        self.precision = "int8" if quantized else compute
+        split = f"; batches of {2 * self.streams}+ split across {self.streams} streams" if self.streams > 1 else ""
+        logger.info("loaded %s on openvino-cpu: %s (inference precision %s from %s; %s threads%s); %s in %.2f s",
+                    model_file, self.precision, compute, source, self._compiled.get_property("INFERENCE_NUM_THREADS"),
+                    split, how, time.monotonic() - t0)
+
+    def _compile(self, core: Any, model: Any, config: dict[str, Any], model_file: Path) -> None:
+        """Compile ``model`` (an ov.Model, or its path: what the compiled-model cache looks blobs up by)."""
+        import openvino as ov
+
         try:
             self._compiled = core.compile_model(model, "CPU", config)
             if self.streams > 1:
@@ -122,15 +177,32 @@ class OpenVinoRuntime:
                 self._queue.set_callback(self._collect)
         except Exception as e:
             raise RepositoryError(f"OpenVINO cannot compile {model_file}: {ov_message(e)}") from e
-        self._request = self._compiled.create_infer_request()
-        used_type = self._compiled.get_property("INFERENCE_PRECISION_HINT")
-        used = used_type.to_string() if hasattr(used_type, "to_string") else str(used_type).lower()
-        compute = PRECISIONS.get(_ALIASES.get(used, used), used)
-        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-        self.precision = "int8" if quantized else compute
-        split = f"; batches of {2 * self.streams}+ split across {self.streams} streams" if self.streams > 1 else ""
-        logger.info("loaded %s on openvino-cpu: %s (inference precision %s from %s; %s threads%s)", model_file,
-                    self.precision, compute, source, self._compiled.get_property("INFERENCE_NUM_THREADS"), split)
+
+    def _compile_cached(self, core: Any, spec: LoadSpec, config: dict[str, Any],
+                        cache: CacheEntry) -> tuple[bool | None, str]:
+        """Compile from the model's path through the cache entry: when the entry knows the model, with no
+        read_model, its blob mapped instead of compiled. (whether the model is INT8, what happened), or
+        (None, "") when the cache failed (a full disk...): the caller compiles without it."""
+        quantized = None if cache.meta is None else bool(cache.meta.get("quantized"))
+        if quantized is None:  # a new entry: read and check the model (its errors are the model's), note what it is
+            quantized = is_quantized(core_model(core, spec))
+        try:
+            with cache.lock():
+                before = cache.blobs()
+                t0 = time.monotonic()
+                self._compile(core, str(spec.model_file), {**config, "CACHE_DIR": str(cache.path)}, spec.model_file)
+                reused = bool(before) and cache.blobs() == before
+                if cache.meta is None:
+                    cache.record({"quantized": quantized, "compile_s": round(time.monotonic() - t0, 3)})
+                else:
+                    cache.touch()
+        except (RepositoryError, OSError) as e:
+            logger.warning("compiled-model cache %s failed (%s): compiling without it", cache.path, e)
+            self._compiled = self._queue = None
+            return None, ""
+        check_ports(spec, self._compiled.inputs, self._compiled.outputs)
+        return quantized, (f"reused the compiled model in {cache.path}" if reused
+                           else f"compiled and cached it in {cache.path}")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self._queue is not None and len(batch) >= 2 * self.streams:

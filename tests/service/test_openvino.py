@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from modelrepo.checkset import CHECK_FILE
 from modelrepo.config import read_config, set_params, write_config
 from modelrepo.errors import RepositoryError
 from modelrepo.preprocess import Preprocess
@@ -143,6 +144,9 @@ async def test_bad_models_are_not_ready_while_others_serve(model_repo: Path, onn
             (d / "1" / "model.onnx").write_bytes(model_bytes)
         else:
             shutil.copy(onnx_file, d / "1" / "model.onnx")
+        check = model_repo / "resnet18" / "1" / CHECK_FILE  # the config names it (the gate that travels)
+        if check.is_file():
+            shutil.copy(check, d / "1" / CHECK_FILE)
         if callable(mutate):
             mutate(cfg)
         write_config(d, cfg)
