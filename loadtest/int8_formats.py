@@ -34,8 +34,8 @@ EMULATED_CPU = "EPYC"  # QEMU's AMD EPYC (Zen 1) model: AVX2 + FMA, no AVX-512, 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def _runner(model: Path, threads: int) -> Runner:
-    if model.suffix == ".xml":
+def _runner(model: Path, threads: int, runtime: str = "") -> Runner:
+    if model.suffix == ".xml" or runtime == "openvino":
         from export.openvino import ov_runner
 
         return ov_runner(model, None, threads)
@@ -49,8 +49,8 @@ def _logits(model: Path, x: np.ndarray, threads: int) -> np.ndarray:
     return np.concatenate([run(x[i : i + 8]) for i in range(0, len(x), 8)])
 
 
-def _speed(model: Path, x: np.ndarray, seconds: float) -> float:
-    run, batch = _runner(model, 2), x[:8]
+def _speed(model: Path, x: np.ndarray, seconds: float, runtime: str = "") -> float:
+    run, batch = _runner(model, 2, runtime), x[:8]
     run(batch)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -118,37 +118,51 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     check = images.check_set(pp)
     ref = _logits(fp32, check, 2)
     sub = np.linspace(0, len(check) - 1, min(args.emulated_images, len(check))).round().astype(int)
-    fp32_speed = _speed(fp32, check, args.seconds)
+    from export import openvino
+
+    runtimes = ["onnxruntime", *(["openvino"] if openvino.available() else [])]
+    fp32_speed = {rt: _speed(fp32, check, args.seconds, rt) for rt in runtimes}
     rows: dict[str, Any] = {"fp32": {"img_s": fp32_speed}}
     for name, (model, portable) in _candidates(fp32, images.calibration_set(pp, None), work).items():
-        here = agreement(ref, _logits(model, check, 2))
-        row: dict[str, Any] = {"portable": portable, "here": here.__dict__ | {"score": here.score},
-                               "img_s": _speed(model, check, args.seconds)}
-        row["vs_fp32"] = row["img_s"] / fp32_speed
+        logits = _logits(model, check, 2)
+        here = agreement(ref, logits)
+        speeds = {rt: _speed(model, check, args.seconds, rt) for rt in runtimes
+                  if model.suffix == ".onnx" or rt == "openvino"}
+        row: dict[str, Any] = {"portable": portable, "here": here.__dict__ | {"score": here.score}, "img_s": speeds,
+                               "vs_fp32": {rt: v / fp32_speed[rt] for rt, v in speeds.items()}}
         if args.emulate_avx2:
-            emu = agreement(ref[sub], _emulated(model, check[sub], work))
+            emu, same = agreement(ref[sub], _emulated(model, check[sub], work)), agreement(ref[sub], logits[sub])
             row["avx2"] = emu.__dict__ | {"score": emu.score}
+            row["here_on_emulated_images"] = same.__dict__ | {"score": same.score}
         rows[name] = row
         print(f"{name}: {row}", flush=True)
     return {"arch": args.arch, "weights": loaded.weights, "cpu": this_cpu().describe(), "check_images": len(check),
             "emulated_images": len(sub) if args.emulate_avx2 else 0, "rows": rows}
 
 
+def _speed_cell(row: dict[str, Any], rt: str) -> str:
+    v = row["img_s"].get(rt)
+    return "-" if v is None else f"{v:.1f} ({row.get('vs_fp32', {}).get(rt, 1.0):.2f}x)"
+
+
 def table(res: dict[str, Any]) -> str:
+    """Markdown: each format's score and top-1 agreement here (and emulated), its speed on each runtime."""
     n_emu = res["emulated_images"]
-    emulated = f", emulated AVX2 (QEMU -cpu {EMULATED_CPU}) on {n_emu}" if n_emu else ""
-    lines = [f"{res['arch']} ({res['weights']}) on {res['cpu']}; check set {res['check_images']} images{emulated}",
-             f"{'format':<10} {'portable':>8} {'score here':>10} {'top-1 here':>10} {'score AVX2':>10} "
-             f"{'top-1 AVX2':>10} {'img/s':>7} {'vs FP32':>7}"]
+    emulated = f", emulated AVX2 (QEMU -cpu {EMULATED_CPU}) on {n_emu} of them" if n_emu else ""
+    rts = list(res["rows"]["fp32"]["img_s"])
+    lines = [f"{res['arch']} ({res['weights']}) on {res['cpu']}; check set {res['check_images']} images{emulated}; "
+             "img/s at batch 8 on 2 threads (x FP32 on the same runtime)", "",
+             "| format | exact on every x86 CPU | score here | top-1 agreement here | top-1 here -> AVX2 (same images) "
+             "| "
+             + " | ".join(f"img/s {rt}" for rt in rts) + " |",
+             "| --- " * (5 + len(rts)) + "|"]
     for name, r in res["rows"].items():
-        if name == "fp32":
-            lines.append(f"{'fp32':<10} {'':>8} {'':>10} {'':>10} {'':>10} {'':>10} {r['img_s']:>7.1f} {1.0:>7.2f}")
-            continue
-        emu = r.get("avx2")
-        cells = [f"{100 * emu['score']:.1f}%", f"{100 * emu['top1']:.1f}%"] if emu else ["-", "-"]
-        lines.append(f"{name:<10} {'yes' if r['portable'] else 'no':>8} {100 * r['here']['score']:>9.1f}% "
-                     f"{100 * r['here']['top1']:>9.1f}% {cells[0]:>10} {cells[1]:>10} {r['img_s']:>7.1f} "
-                     f"{r['vs_fp32']:>7.2f}")
+        emu, here, same = r.get("avx2"), r.get("here"), r.get("here_on_emulated_images")
+        moved = f"{100 * same['top1']:.1f}% -> {100 * emu['top1']:.1f}%" if emu and same else ""
+        cells = [name, "" if name == "fp32" else ("yes" if r["portable"] else "no"),
+                 f"{100 * here['score']:.1f}%" if here else "", f"{100 * here['top1']:.1f}%" if here else "", moved,
+                 *(_speed_cell(r, rt) for rt in rts)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
