@@ -126,7 +126,8 @@ def test_a_badly_calibrated_int8_model_fails_the_labelled_gate(
     run = run_cli("--arch", "resnet18", "--weights", str(ckpt), "--labels", str(labels), "--repo", str(repo),
                   "--precision", "int8", "--no-bf16-gate", "--eval-dir", str(labelled_dir))
     assert run.rc == 1, run.out
-    assert "INT8 gate failed: top-1 on" in run.err and "more than --max-top1-drop 1" in run.err
+    assert f"INT8 gate failed on {labelled_dir} (at most 1 top-1 points lost) for every format tried" in run.err
+    assert "u8s8-rr: " in run.err and "u8u8: " in run.err and "(gate: at most 1) -> FAIL" in run.err
     assert snapshot(repo) == set()
 
 
