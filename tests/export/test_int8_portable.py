@@ -101,3 +101,52 @@ def test_8bit_weights_saturate_on_an_avx2_only_cpu(runs: dict[str, dict[str, np.
     assert not INT8_FORMATS["u8s8"].portable
     got = runs["u8s8"]
     assert _rel_err(got["avx2"], got["exact"]) > 0.01
+
+
+#: loads a repository as the service does (manager, runtimes, the load-time accuracy check) and prints why
+#: each model that did not load is not ready
+_LOAD = """
+import asyncio, sys
+from service.config import Settings
+from service.engine.manager import ModelManager
+from service.metrics import Metrics
+
+async def main():
+    m = ModelManager(Settings(model_repo=sys.argv[1], runtime="onnxruntime", warmup=False), Metrics())
+    await m.load_all()
+    for name, why in sorted(m.not_ready().items()):
+        print("NOT READY", name, why)
+    await m.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_the_service_refuses_an_8bit_int8_model_on_an_avx2_only_cpu(tmp_path: Path) -> None:
+    """The gate that travels, end to end: EfficientNet-Lite0 (real weights) exported with 8-bit weights
+    (``--int8-format u8s8``, never chosen by ``auto``) loads on an emulated Zen 1, where its check set scores
+    far below the gate, so the version is refused with the measurement and what to do. The export's own
+    score is dropped from the config, so the verdict depends on the emulated CPU only, not on this one."""
+    from modelrepo import checkset
+    from modelrepo.config import get_params, read_config, set_params, write_config
+    from tests.export.helpers import run_cli
+
+    repo = tmp_path / "repo"
+    run = run_cli("--arch", "efficientnet_lite0", "--weights", "DEFAULT", "--repo", str(repo), "--precision", "int8",
+                  "--int8-format", "u8s8", "--min-agreement", "0", "--no-bf16-gate")
+    assert run.rc == 0, run.err
+    model = repo / "efficientnet_lite0_int8"
+    cfg = read_config(model)
+    params = get_params(cfg)
+    assert params["export.int8_format"].startswith("u8s8 (") and "needs VNNI or AMX" in params["export.int8_format"]
+    del cfg.parameters[checkset.PARAM_SCORE]
+    set_params(cfg, {checkset.PARAM_MIN: "0.9000"})
+    write_config(model, cfg)
+    shutil.rmtree(repo / "efficientnet_lite0")  # only the INT8 model loads under emulation (seconds, not minutes)
+    cmd = [QEMU, "-cpu", EMULATED_CPU, sys.executable, "-c", _LOAD, str(repo)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("NOT READY efficientnet_lite0_int8")), "")
+    assert "version 1 is refused here: its int8 accuracy check on onnxruntime-cpu measured score" in line, proc.stdout
+    assert "below its gate of 90.0%" in line and "--accept-accuracy-loss" in line
