@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from export import openvino
 from export.errors import ExportError
-from export.parity import Reference
+from export.parity import Reference, Runner
 
 if TYPE_CHECKING:
     from export.eval_gate import EvalGate
@@ -39,6 +39,8 @@ class Bf16Result:
     agreement: float | None = None
     photos_same: bool | None = None
     evaluation: dict[str, str] = field(default_factory=dict)  # the labelled-set gate's parameters (--eval-dir)
+    #: the compiled BF16 model the gate ran, reused for the check set's score (never a config parameter)
+    runner: Runner | None = field(default=None, compare=False, repr=False)
 
     @property
     def pinned(self) -> bool:
@@ -91,7 +93,7 @@ def bf16_gate(model: Path, name: str, ref: Reference, random_weights: bool,
         judged = evaluation.judge(runner)
         print(judged.summary(f"OpenVINO BF16 ({name})"), flush=True)
         gate, extra, how = (PASSED if judged.passed else FAILED), judged.params("bf16"), "recorded; --eval-dir gates"
-    res = Bf16Result(gate, agreement, photos_same, extra)
+    res = Bf16Result(gate, agreement, photos_same, extra, runner)
     logger.info("BF16 gate for %s took %.1fs", name, time.perf_counter() - t0)
     print(f"OpenVINO BF16 vs FP32 ({name}): {got.summary()} ({how}), "
           f"real photos' top-1 {'same' if photos_same else 'DIFFERENT'} -> {res.gate}", flush=True)

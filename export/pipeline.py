@@ -186,8 +186,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
         ctx = ExportContext(opts, loaded, st, version, config, ref, bf16_skip, result,
                             evaluation.bind(ref.runner) if evaluation else None)
         fp32_extra = {"export.parity_max_abs_diff": f"{result.parity_max_abs_diff:.3g}"}
-        fp32_extra |= _bf16(ctx, onnx_path, names["fp32"])
-        fp32_extra |= _fp32_check(ctx, main.version_dir, onnx_path, fp32_extra)
+        fp32_extra |= _bf16(ctx, onnx_path, names["fp32"], main.version_dir)
         main.write(build_config(config(names["fp32"], "fp32", fp32_extra)), loaded.labels)
 
         if "ov" in names:
@@ -238,8 +237,9 @@ def _require_parity(report: ParityReport, candidate: str, reference: str, name: 
         )
 
 
-def _bf16(ctx: ExportContext, model: Path, name: str) -> dict[str, str]:
-    """The BF16 gate's config parameters for the FP32 ``model`` (.onnx or .xml)."""
+def _bf16(ctx: ExportContext, model: Path, name: str, version_dir: Path) -> dict[str, str]:
+    """The BF16 gate's config parameters for the FP32 ``model`` (.onnx or .xml), and its check set's: the
+    service re-runs it where OpenVINO computes the model in BF16 (not when the gate pinned it to FP32)."""
     if ctx.bf16_skip is not None:
         res = bf16.Bf16Result(ctx.bf16_skip)
     else:
@@ -247,7 +247,10 @@ def _bf16(ctx: ExportContext, model: Path, name: str) -> dict[str, str]:
         if res.agreement is not None:
             ctx.result.agreements[f"bf16:{name}"] = res.agreement
     ctx.result.bf16_gates[name] = res.gate
-    return res.params()
+    if res.pinned:
+        return res.params()  # served exactly, nothing to check
+    runners = [] if res.runner is None else [res.runner]
+    return res.params() | write_gate_check(version_dir, ctx.ref, bf16.MIN_AGREEMENT, runners, ctx.opts.max_batch_size)
 
 
 def _openvino_ir(ctx: ExportContext, name: str, inputs: dict[str, np.ndarray]) -> None:
@@ -261,8 +264,7 @@ def _openvino_ir(ctx: ExportContext, name: str, inputs: dict[str, np.ndarray]) -
     _require_parity(report, "OpenVINO (CPU, f32)", "ONNX Runtime", name, "OpenVINO IR parity gate", t0)
     extra = {"export.parity_max_abs_diff": f"{report.max_abs_diff:.3g}", "export.parity_reference": "onnxruntime",
              "export.openvino_version": openvino.version()}
-    extra |= _bf16(ctx, xml, name)
-    extra |= _fp32_check(ctx, m.version_dir, xml, extra)
+    extra |= _bf16(ctx, xml, name, m.version_dir)
     m.write(build_config(ctx.config(name, "fp32", extra, backend="openvino")), ctx.loaded.labels)
 
 
@@ -322,13 +324,3 @@ def _fp16(ctx: ExportContext, name: str) -> float:
     extra |= write_gate_check(m.version_dir, ctx.ref, threshold, served_runners(fp16), ctx.opts.max_batch_size)
     m.write(build_config(ctx.config(name, "fp16", extra)), ctx.loaded.labels)
     return got.score
-
-
-def _fp32_check(ctx: ExportContext, version_dir: Path, model: Path, bf16_params: dict[str, str]) -> dict[str, str]:
-    """The check set of an FP32 model, for OpenVINO's BF16 execution on CPUs that have it (unless pinned)."""
-    from export import openvino
-
-    if bf16_params.get(openvino.PRECISION_PARAM) == "f32":
-        return {}  # pinned to FP32: served exactly, nothing to check
-    runners = [] if ctx.bf16_skip is not None else [openvino.ov_runner(model, "bf16")]
-    return write_gate_check(version_dir, ctx.ref, bf16.MIN_AGREEMENT, runners, ctx.opts.max_batch_size)
