@@ -129,6 +129,16 @@ def codes(answers: list[Answer]) -> dict[str, int]:
     return out
 
 
+def errors(answers: list[Answer], most: int = 3) -> str:
+    """The distinct error bodies among ``answers`` (``most`` of them, with their counts): why, not just how many."""
+    seen: dict[tuple[int | None, bytes], int] = {}
+    for a in answers:
+        if a.body or a.error:
+            key = (a.status, a.body or a.error.encode())
+            seen[key] = seen.get(key, 0) + 1
+    return "; ".join(f"{n} x {status}: {body.decode(errors='replace')}" for (status, body), n in list(seen.items())[:most])
+
+
 # -- measurement ----------------------------------------------------------------------------------------------
 def log(msg: str) -> None:
     print(f"[overload {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

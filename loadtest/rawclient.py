@@ -26,6 +26,8 @@ class Answer:
     status: int | None  # None: no HTTP answer (refused, reset)
     headers: dict[str, str]
     error: str = ""
+    #: an error answer's body (4xx/5xx; its first ``ERROR_BODY_BYTES``): what the server said was wrong
+    body: bytes = b""
 
     @property
     def ms(self) -> float:
@@ -43,6 +45,8 @@ def build(method: str, path: str, host: str, headers: dict[str, str], body: byte
 IDLE_REUSE_S = 2.0
 #: the error of a request whose connection closed before any byte of an answer came back
 CLOSED_BEFORE_ANSWER = "ClosedBeforeAnswer"
+#: how much of an error answer's body an Answer keeps (success bodies are read and dropped)
+ERROR_BODY_BYTES = 2048
 
 
 class Connection:
@@ -70,11 +74,13 @@ class Connection:
                 if ":" in line:
                     k, v = line.split(":", 1)
                     headers[k.strip().lower()] = v.strip()
-            await self.reader.readexactly(int(headers.get("content-length", "0")))
+            content = await self.reader.readexactly(int(headers.get("content-length", "0")))
+            status = int(status_line.split()[1])
             if headers.get("connection", "").lower() == "close":
                 self.close()
             self.last_used = time.monotonic()
-            return Answer(t0, self.last_used, int(status_line.split()[1]), headers)
+            return Answer(t0, self.last_used, status, headers,
+                          body=content[:ERROR_BODY_BYTES] if status >= 400 else b"")
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             self.close()
             error = type(e).__name__

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from loadtest import cpucap, estimate_error
-from loadtest.overload import classify_request, closed, codes, flood_and_calm, paced, pct, rss_mib
+from loadtest.overload import classify_request, closed, codes, errors, flood_and_calm, paced, pct, rss_mib
 from loadtest.procs import proc_cpu_s
 from loadtest.rawclient import CLOSED_BEFORE_ANSWER, Answer, closed_loop, run
 from tests.service.conftest import start_server
@@ -59,10 +59,10 @@ def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path
           f"{pct([o.ms for o in before if o.status == 200], 99):.0f} ms; RSS {rss0:.0f} -> {rss1:.0f} MiB; "
           f"after: {codes(after)}; admission estimate error p50 {error['p50_ms']:.0f} ms, p99 {error['p99_ms']:.0f} ms "
           "(timing: python -m loadtest.overload)")
-    assert before and all(o.status == 200 for o in before), codes(before)
+    assert before and all(o.status == 200 for o in before), f"{codes(before)} {errors(before)}"
     assert shed, "3x capacity must shed load"
     assert all("retry-after" in o.headers for o in shed), "every 503 says when to retry"
-    assert all(o.status == 200 for o in accepted), f"accepted requests meet their deadlines: {codes(burst)}"
+    assert all(o.status == 200 for o in accepted), f"accepted requests meet their deadlines: {codes(burst)} {errors(accepted)}"
     assert not [o for o in burst if o.status is None], "no connection errors"
     assert rss1 - rss0 < 150, "memory stays bounded under the burst"
     assert after and all(o.status == 200 for o in after), f"served again after the burst: {codes(after)}"
@@ -99,9 +99,9 @@ def test_overload_on_a_slow_cpu_keeps_admissions_promise(model_repo: Path, tmp_p
     print(f"\nslow CPU ({quota:.3f} of each core): capacity {capacity:.1f} req/s (a full queue drains in "
           f"{32 / max(capacity, 1e-9):.1f} s); offered {3 * capacity:.1f} req/s for 6 s -> {codes(burst)}; admission "
           f"estimate error p50 {error['p50_ms']:.0f} ms, p99 {error['p99_ms']:.0f} ms")
-    assert slow and all(o.status == 200 for o in slow), codes(slow)
+    assert slow and all(o.status == 200 for o in slow), f"{codes(slow)} {errors(slow)}"
     assert any(o.status == 503 for o in burst), "3x capacity must shed load"
-    assert accepted and all(o.status == 200 for o in accepted), f"accepted requests meet their deadline: {codes(burst)}"
+    assert accepted and all(o.status == 200 for o in accepted), f"accepted requests meet their deadline: {codes(burst)} {errors(accepted)}"
 
 
 def test_sigterm_under_load_loses_nothing_accepted(model_repo: Path, tmp_path: Path, photos: dict[str, bytes]) -> None:
