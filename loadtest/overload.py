@@ -136,7 +136,8 @@ def errors(answers: list[Answer], most: int = 3) -> str:
         if a.body or a.error:
             key = (a.status, a.body or a.error.encode())
             seen[key] = seen.get(key, 0) + 1
-    return "; ".join(f"{n} x {status}: {body.decode(errors='replace')}" for (status, body), n in list(seen.items())[:most])
+    shown = list(seen.items())[:most]
+    return "; ".join(f"{n} x {status}: {body.decode(errors='replace')}" for (status, body), n in shown)
 
 
 # -- measurement ----------------------------------------------------------------------------------------------

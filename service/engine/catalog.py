@@ -67,6 +67,8 @@ class ServedModel(Protocol):
     def preprocess(self) -> Preprocess: ...
     @property
     def decode(self) -> str: ...
+    @property
+    def load_id(self) -> str: ...
 
 
 class EngineClient(Protocol):
@@ -75,6 +77,8 @@ class EngineClient(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+    #: before a request resolves its model: catch up with what the engine serves now (a no-op in-process)
+    async def sync(self) -> None: ...
     def default_model(self) -> str: ...
     def knows(self, name: str) -> bool: ...
     def model(self, name: str | None, version: str | None) -> Any: ...
@@ -103,6 +107,8 @@ class ModelView:
     preprocess: Preprocess
     #: "cpu" (the front end may decode and send pixels) or "gpu-jpeg" (the engine decodes the bytes)
     decode: str
+    #: this load of the version (``ModelInstance.load_id``): what the result cache keys on
+    load_id: str
     #: what the request named (the engine resolves it again: a reload may have moved it meanwhile)
     requested: tuple[str, str | None] = ("", None)
 
@@ -113,6 +119,7 @@ def parse_view(d: dict[str, Any]) -> ModelView:
         name=d["name"], version=int(d["version"]), labels=list(d["labels"]), default_timeout_s=float(d["timeout_s"]),
         weights=d["weights"], input_shape=tuple(d["input_shape"]),
         config=text_format.Parse(d["config"], mc.ModelConfig()), platform=d["platform"], decode=d["decode"],
+        load_id=d["load_id"],
         preprocess=Preprocess(resize_shorter=resize, crop=crop, mean=tuple(mean), std=tuple(std),
                               interpolation=interp),
     )

@@ -53,6 +53,9 @@ class Engine:
     async def close(self) -> None:
         await self.manager.close()
 
+    async def sync(self) -> None:
+        """In this process the manager is what is served: nothing to catch up with."""
+
     # -- what routes read ----------------------------------------------------------------------
     def default_model(self) -> str:
         if not self.started and not self.manager.states:

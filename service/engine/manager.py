@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -41,6 +42,15 @@ class ModelManager:
         self.routes: dict[str, tuple[str, str]] = {}
         # Loading/warming a model is long blocking work: its own thread, never the event loop.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        #: how many times what is served (or a model's state) changed; listeners hear each change before
+        #: the caller that made it is answered (the front ends' caches follow it: ``engine.generation``)
+        self.changes = 0
+        self.on_change: list[Callable[[int], None]] = []
+
+    def _changed(self) -> None:
+        self.changes += 1
+        for listener in self.on_change:
+            listener(self.changes)
 
     # -- lookups -----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -80,6 +90,7 @@ class ModelManager:
         async with lock:
             if name not in self._instances:
                 self.states[name] = "loading"
+                self._changed()
             try:
                 new = await asyncio.get_running_loop().run_in_executor(self._loader, self._build, name)
             except ANSWERABLE as e:
@@ -101,6 +112,7 @@ class ModelManager:
             logger.info("model %s ready: versions %s on %s", name, [i.version for i in new],
                         new[0].runtime_tag if new else "-")
             self._reroute()
+            self._changed()
         await self._retire(old.values())
         return new
 
@@ -126,6 +138,7 @@ class ModelManager:
             return  # an instance already replaced or unloaded: the model's state is the new one's
         self.states[name] = f"unhealthy: version {version}: {reason}; reload it (POST /models/{name}/load)"
         self.metrics.child(self.metrics.model_ready, name, str(version), inst.runtime_tag).set(0)
+        self._changed()
 
     def _fail(self, name: str, reason: str) -> None:
         if name in self._instances:  # a failed reload keeps the old instances serving
@@ -136,9 +149,11 @@ class ModelManager:
             logger.warning("model %s cannot run here (%s); requests for it are served by %s", name, reason, base)
             self.fallbacks[name] = base
             self.states[name] = f"fallback: served by {base} ({reason})"
+            self._changed()
             return
         logger.error("model %s failed to load: %s", name, reason)
         self.states[name] = f"failed: {reason}"
+        self._changed()
 
     def _fallback_for(self, name: str) -> str | None:
         """The model named by ``name``'s FALLBACK_PARAM, when it is in the repository (data, not a name suffix)."""
@@ -163,6 +178,7 @@ class ModelManager:
             for inst in old.values():
                 self.metrics.child(self.metrics.model_ready, name, str(inst.version), inst.runtime_tag).set(0)
             self._reroute()
+            self._changed()
         await self._retire(old.values())
         logger.info("model %s unloaded", name)
 
@@ -176,6 +192,7 @@ class ModelManager:
     async def load_all(self) -> None:
         for name in self.configured_names():
             self.states.setdefault(name, "pending")
+        self._changed()
         for name in self.configured_names():
             try:
                 await self.load(name)

@@ -28,6 +28,7 @@ from service.engine import wire
 from service.engine.admission import Admission
 from service.engine.arena import ArenaView
 from service.engine.engine import Engine
+from service.engine.generation import GenerationCell
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.errors import ANSWERABLE, BadRequest
@@ -40,7 +41,7 @@ def view_data(inst: ModelInstance) -> dict[str, Any]:
     return {
         "name": inst.name, "version": inst.version, "labels": inst.labels, "timeout_s": inst.default_timeout_s,
         "weights": inst.weights, "input_shape": list(inst.input_shape), "config": format_config(inst.config),
-        "platform": inst.platform, "decode": inst.decode,
+        "platform": inst.platform, "decode": inst.decode, "load_id": inst.load_id,
         "preprocess": [pp.resize_shorter, pp.crop, list(pp.mean), list(pp.std), pp.interpolation],
     }
 
@@ -199,7 +200,11 @@ class _Connection:
 async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> None:
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
-    engine = Engine(ModelManager(settings, metrics), pool, metrics)
+    manager = ModelManager(settings, metrics)
+    engine = Engine(manager, pool, metrics)
+    cell = GenerationCell(path.parent)
+    cell.write(manager.changes)
+    manager.on_change.append(cell.write)
     conns: set[asyncio.Task[None]] = set()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -226,6 +231,7 @@ async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> N
             t.cancel()
         await asyncio.gather(*conns, return_exceptions=True)
         await engine.close()
+        cell.close()
         pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -57,6 +57,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """``fn()`` behind access control, its errors as gRPC statuses (never UNKNOWN for a client's mistake)."""
         try:
             await self._admit(context, method, path)
+            await self.state.engine.sync()
             return await fn()
         except ANSWERABLE as e:
             code, message, trailing = grpc_status(e)

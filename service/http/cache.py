@@ -1,33 +1,49 @@
-"""Bounded LRU of classification results keyed by the image bytes' hash, model, version and top_k."""
+"""Bounded LRU of classification results keyed by the image bytes' hash, the model version's load and top_k.
+
+The key names the load (``load_id``), not just the version: a reload of the same version with new
+weights answers afresh, whichever front end reloaded it (``service.engine.generation``)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Protocol
 
 Predictions = list[dict[str, object]]
+Key = tuple[bytes, str, int, str, int]
+
+
+class Loaded(Protocol):
+    """What the key names of the model version that answered."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def load_id(self) -> str: ...
 
 
 class ResultCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[tuple[bytes, str, int, int], Predictions] = OrderedDict()
+        self._data: OrderedDict[Key, Predictions] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
         return self.max_entries > 0
 
     @staticmethod
-    def key(data: bytes, model: str, version: int, top_k: int) -> tuple[bytes, str, int, int]:
-        return (hashlib.blake2b(data, digest_size=20).digest(), model, version, top_k)
+    def key(data: bytes, model: Loaded, top_k: int) -> Key:
+        return (hashlib.blake2b(data, digest_size=20).digest(), model.name, model.version, model.load_id, top_k)
 
-    def get(self, key: tuple[bytes, str, int, int]) -> Predictions | None:
+    def get(self, key: Key) -> Predictions | None:
         hit = self._data.get(key)
         if hit is not None:
             self._data.move_to_end(key)
         return hit
 
-    def put(self, key: tuple[bytes, str, int, int], value: Predictions) -> None:
+    def put(self, key: Key, value: Predictions) -> None:
         self._data[key] = value
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:

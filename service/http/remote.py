@@ -33,6 +33,7 @@ from service.config import Settings
 from service.engine import wire
 from service.engine.arena import Arena
 from service.engine.catalog import Catalog, Classified, ModelView, Predictions, image_error
+from service.engine.generation import GenerationCell
 from service.engine.preprocess import Normalizer, preprocess
 from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
@@ -55,6 +56,10 @@ class RemoteEngine:
             raise ConfigError(f"cannot reserve {settings.ipc_shm_mb} MiB of shared memory at {path}: {e}; "
                               "lower --ipc-shm-mb or give the container more shared memory") from e
         self.catalog = Catalog()
+        #: the engine's served-set generation, and the value it had when ``catalog`` was fetched
+        self.cell = GenerationCell(settings.ipc_dir)
+        self._synced: int | None = None
+        self._syncing: asyncio.Lock | None = None
         self.down = "connecting to the engine process"
         self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
@@ -76,6 +81,25 @@ class RemoteEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.arena.close()
+        self.cell.close()
+
+    async def sync(self) -> None:
+        """Fetch the catalog again when the engine's served set changed since it was fetched (a memory
+        read per request; one round trip after a change), so no answer, cached or not, comes from a
+        model the engine no longer serves as it was."""
+        if self.down or self.cell.read() == self._synced:
+            return
+        if self._syncing is None:
+            self._syncing = asyncio.Lock()
+        async with self._syncing:  # concurrent requests share one fetch
+            if self.cell.read() != self._synced:
+                await self._fetch_catalog()
+
+    async def _fetch_catalog(self) -> None:
+        seen = self.cell.read()  # read first: a change during the fetch makes the next request fetch again
+        self.catalog = Catalog.parse(await self._call("catalog"))
+        self._synced = seen
+        self._pre.clear()
 
     async def _maintain(self) -> None:
         while True:
@@ -107,6 +131,7 @@ class RemoteEngine:
                 failed += 1
         self._pending.clear()
         self.catalog = Catalog()
+        self._synced = None
         if was_up:
             logger.error("lost the engine process: %d request(s) in flight answered 503; reconnecting", failed)
 
@@ -131,8 +156,7 @@ class RemoteEngine:
             with contextlib.suppress(ServiceError):
                 st = await self._call("status")
                 if st["gen"] != self.catalog.gen:
-                    self.catalog = Catalog.parse(await self._call("catalog"))
-                    self._pre.clear()
+                    await self._fetch_catalog()
                 else:
                     self.catalog.not_ready, self.catalog.started = dict(st["not_ready"]), st["started"]
                 if self.down:
@@ -209,12 +233,12 @@ class RemoteEngine:
 
     async def load(self, name: str) -> Any:
         out = await self._call("load", name)
-        self.catalog = Catalog.parse(await self._call("catalog"))
+        await self._fetch_catalog()
         return out
 
     async def unload(self, name: str) -> None:
         await self._call("unload", name)
-        self.catalog = Catalog.parse(await self._call("catalog"))
+        await self._fetch_catalog()
 
     def refresh_gauges(self) -> None:
         """The engine process refreshes its queue-depth gauges when polled; nothing to do here."""

@@ -178,3 +178,52 @@ def test_sigterm_drains_the_front_ends_then_stops_the_engine(model_repo: Path, t
     assert logs.rindex("Finished server process") < logs.rindex("engine process"), logs  # "... stopping"
     assert re.search(r"engine process \d+ stopping", logs), logs
     assert not list(Path("/dev/shm").glob(f"imgserve-ipc-*/frontend-{pids(srv, 'worker-0')[-1]}.arena"))
+
+
+def _favour_class(model: Path, index: int) -> None:
+    """Rewrite ``model`` (resnet18's ONNX file) in place so that class ``index`` wins for every image."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(model)
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "fc.bias":
+            bias = numpy_helper.to_array(t).copy()
+            bias[index] += 1e4
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(bias, "fc.bias"))
+    onnx.save(m, model)
+
+
+def _top1_on_fresh_connections(url: str, data: bytes, n: int) -> Counter[object]:
+    """Top-1 of ``n`` requests, each on a new connection: the kernel spreads new connections over the front
+    ends (SO_REUSEPORT), so every front end answers some (all 32 on one of two: a 2^-31 chance)."""
+    out: Counter[object] = Counter()
+    for _ in range(n):
+        r = httpx.post(f"{url}/classify?top_k=1", content=data, headers={**JPEG, "Connection": "close"}, timeout=60)
+        out[r.json()["results"][0]["predictions"][0]["index"] if r.status_code == 200 else r.status_code] += 1
+    return out
+
+
+def test_a_reload_through_one_front_end_refreshes_every_front_ends_cache(
+        model_repo: Path, tmp_path: Path, photos: dict[str, bytes]) -> None:
+    """New weights in place, the same version reloaded through the admin API: whichever front end reloaded
+    it, no front end answers from a result it cached of the old weights (issue 25's stale-cache bug)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "resnet18", repo / "resnet18")
+    srv = start_server(repo, tmp_path, "--processes", "2", "--cache-size", "64", "--compile-cache", "off")
+    try:
+        wait_for("both front ends", lambda: srv.logs().count("Application startup complete.") == 2)
+        data = photos["coffee.jpg"]
+        before = _top1_on_fresh_connections(srv.url, data, 32)  # every front end caches the old answer
+        assert len(before) == 1 and 200 not in before, before
+        old = next(iter(before))
+        new = (int(old) + 500) % 1000  # type: ignore[call-overload]
+        _favour_class(repo / "resnet18" / "1" / "model.onnx", new)
+        reload = httpx.post(f"{srv.url}/models/resnet18/load", timeout=120)
+        assert reload.status_code == 200 and reload.json()["state"] == "ready", reload.text
+        after = _top1_on_fresh_connections(srv.url, data, 32)
+    finally:
+        srv.stop()
+    assert after == Counter({new: 32}), f"answers after the reload (top-1 was {old}, the new weights say {new})"

@@ -85,3 +85,19 @@ def test_a_truncated_frame_is_the_peer_going_away() -> None:
 
     with pytest.raises(asyncio.IncompleteReadError):
         asyncio.run(read_truncated())
+
+
+def test_the_generation_cell_shows_the_engines_changes_to_a_front_end(tmp_path: Path) -> None:
+    from service.engine.generation import GenerationCell
+
+    engine, front = GenerationCell(tmp_path), GenerationCell(tmp_path)  # one file, two mappings
+    engine.write(0)
+    seen = front.read()
+    engine.write(1)
+    assert front.read() != seen, "a change is visible at once, without a message"
+    restarted = GenerationCell(tmp_path)  # a new engine process on the same cell
+    restarted.write(1)
+    assert restarted.base != engine.base and front.read() != engine.base + 1, \
+        "a restarted engine's count does not repeat the old one's"
+    for cell in (engine, front, restarted):
+        cell.close()

@@ -62,7 +62,8 @@ def test_overload_sheds_with_retry_after_and_recovers(model_repo: Path, tmp_path
     assert before and all(o.status == 200 for o in before), f"{codes(before)} {errors(before)}"
     assert shed, "3x capacity must shed load"
     assert all("retry-after" in o.headers for o in shed), "every 503 says when to retry"
-    assert all(o.status == 200 for o in accepted), f"accepted requests meet their deadlines: {codes(burst)} {errors(accepted)}"
+    assert all(o.status == 200 for o in accepted), \
+        f"accepted requests meet their deadlines: {codes(burst)} {errors(accepted)}"
     assert not [o for o in burst if o.status is None], "no connection errors"
     assert rss1 - rss0 < 150, "memory stays bounded under the burst"
     assert after and all(o.status == 200 for o in after), f"served again after the burst: {codes(after)}"
@@ -101,7 +102,8 @@ def test_overload_on_a_slow_cpu_keeps_admissions_promise(model_repo: Path, tmp_p
           f"estimate error p50 {error['p50_ms']:.0f} ms, p99 {error['p99_ms']:.0f} ms")
     assert slow and all(o.status == 200 for o in slow), f"{codes(slow)} {errors(slow)}"
     assert any(o.status == 503 for o in burst), "3x capacity must shed load"
-    assert accepted and all(o.status == 200 for o in accepted), f"accepted requests meet their deadline: {codes(burst)} {errors(accepted)}"
+    assert accepted and all(o.status == 200 for o in accepted), \
+        f"accepted requests meet their deadline: {codes(burst)} {errors(accepted)}"
 
 
 def test_sigterm_under_load_loses_nothing_accepted(model_repo: Path, tmp_path: Path, photos: dict[str, bytes]) -> None:

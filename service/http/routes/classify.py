@@ -138,6 +138,7 @@ async def classify(request: Request) -> Response:
     name, label_version, status, code = "_unknown", "-", "500", ""
     try:
         model, version, top_k = parse_query(request)
+        await engine.sync()
         name = model or engine.default_model()
         inst = engine.model(name, version)
         label_version = str(inst.version)
@@ -146,6 +147,7 @@ async def classify(request: Request) -> Response:
         timeout_s = parse_timeout(request, inst.default_timeout_s)
         deadline = started + timeout_s
         uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
+        await engine.sync()
         inst = engine.model(name, version)  # the instance serving now: a reload may have swapped it meanwhile
         response = await _classify(request, inst, uploads, top_k, deadline, cache)
         status = "200"
@@ -229,7 +231,7 @@ async def classify_images(state: Any, inst: ServedModel, images: list[bytes], to
     engine: EngineClient = state.engine
     names = filenames or [None] * len(images)
     results: list[Predictions | None] = [None] * len(images)
-    keys = [cache.key(data, inst.name, inst.version, top_k) for data in images] if cache.enabled else []
+    keys = [cache.key(data, inst, top_k) for data in images] if cache.enabled else []
     todo = list(range(len(images)))
     if cache.enabled:
         todo = []

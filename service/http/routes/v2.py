@@ -48,6 +48,7 @@ class _V2Route(APIRoute):
 
         async def v2_handler(request: Request) -> Response:
             try:
+                await request.app.state.engine.sync()
                 return await handler(request)
             except ANSWERABLE as e:
                 return render_error(request.scope, e)
