@@ -116,7 +116,10 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     ("modelrepo", ("service", "export", "loadtest")),  # the shared format depends on neither side
     ("service", ("export", "loadtest")),  # the service never imports the exporter
     ("export", ("service", "loadtest")),  # nor the exporter the service, but for its preprocessing:
-    ("service.engine", ("service.http",)),  # the engine knows nothing of HTTP
+    ("service.engine", ("service.http", "service.grpc_api", "service.kserve")),  # nor of any protocol
+    ("service.kserve", ("service.http", "service.grpc_api")),  # KServe v2 is the same over HTTP and gRPC
+    ("service.grpc_api", ("service.http",)),  # gRPC is a protocol beside HTTP, not behind it
+    ("service.http", ("service.grpc_api.servicer", "service.grpc_api.tensors")),  # the app only starts gRPC
     ("service.runtimes", ("service.http", "service.engine")),  # nor do the runtimes of what drives them
 ])
 def test_layers(layer: str, must_not_import: tuple[str, ...]) -> None:
@@ -134,7 +137,7 @@ def test_layers(layer: str, must_not_import: tuple[str, ...]) -> None:
 def test_a_front_end_loads_no_runtime_and_no_engine_internals() -> None:
     """What a front end of --processes N imports (its app and its remote engine): no runtime package,
     no torch, and none of the engine's model-owning modules (they load runtimes)."""
-    code = ("import sys, service.http.app, service.http.remote, service.http.server; "
+    code = ("import sys, service.http.app, service.engine.remote, service.http.server; "
             "print('\\n'.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          timeout=120).stdout.split()

@@ -1,8 +1,8 @@
-"""What the HTTP side may know of the engine: the ``EngineClient`` protocol routes call, the
-``ServedModel`` they read, and the catalog a front end keeps of a remote engine.
+"""What a protocol may know of the engine: the ``ServedModel`` it reads, what a classify call answers,
+and the catalog a front end keeps of a remote engine.
 
-``service.engine.engine.Engine`` (in this process) and ``service.http.remote.RemoteEngine`` (the engine
-process of ``--processes N``) both implement ``EngineClient``. The catalog is built in the engine
+``service.engine.engine.Engine`` (in this process) and ``service.engine.remote.RemoteEngine`` (the engine
+process of ``--processes N``) are the two transports of ``service.engine.client``. The catalog is built in the engine
 process (``service.engine.server``), sent as plain data and read back here (``Catalog``), whose ``get``
 answers as the manager's does (``service.engine.lookup``). A ``ModelView`` carries what routes read of
 a served version: never a runtime or a batcher. Nothing here imports a runtime.
@@ -13,16 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from modelrepo.preprocess import Preprocess
 from service.engine.lookup import lookup
+from service.engine.scores import Predictions
 from service.errors import BadImage, ServiceError
-
-#: one image's top-k: ``{"index", "label", "score"}`` per class, best first
-Predictions = list[dict[str, object]]
 
 
 @dataclass
@@ -69,29 +66,6 @@ class ServedModel(Protocol):
     def decode(self) -> str: ...
     @property
     def load_id(self) -> str: ...
-
-
-class EngineClient(Protocol):
-    """What routes call: resolve a model, run a request through admit -> pre -> run -> post -> release,
-    manage models. Errors are ServiceErrors (rendered by ``service.http.errors``)."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    #: before a request resolves its model: catch up with what the engine serves now (a no-op in-process)
-    async def sync(self) -> None: ...
-    def default_model(self) -> str: ...
-    def knows(self, name: str) -> bool: ...
-    def model(self, name: str | None, version: str | None) -> Any: ...
-    def versions(self, name: str) -> list[int]: ...
-    def not_ready(self) -> dict[str, str]: ...
-    def names(self) -> list[str]: ...
-    def weights(self) -> dict[str, str]: ...
-    async def describe(self, name: str) -> Any: ...
-    async def load(self, name: str) -> Any: ...
-    async def unload(self, name: str) -> None: ...
-    def refresh_gauges(self) -> None: ...
-    async def classify(self, inst: Any, images: list[bytes], top_k: int, deadline: float) -> Classified: ...
-    async def infer(self, inst: Any, batch: np.ndarray, deadline: float) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

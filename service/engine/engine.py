@@ -24,7 +24,7 @@ from service.engine.admission import Admission
 from service.engine.catalog import Classified, Predictions, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
-from service.engine.pipeline import post
+from service.engine.scores import predictions
 from service.errors import ANSWERABLE, DeadlineExceeded, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 
@@ -158,12 +158,12 @@ class Engine:
         results: list[Predictions | ServiceError] = []
         done = [res for res in answers if not isinstance(res, BaseException)]
         queue_s = compute_s = 0.0
-        preds = iter(post([res[0] for res in done], top_k))
+        preds = iter(predictions([res[0] for res in done], top_k, inst.labels))
         for res in answers:
             if isinstance(res, BaseException):  # decoding on the device failed for this image alone
                 results.append(image_error(res))
                 continue
-            results.append([{"index": j, "label": inst.labels[j], "score": round(p, 6)} for j, p in next(preds)])
+            results.append(next(preds))
             queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])
         return Classified(results, queue_s, 0.0, compute_s)
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from modelrepo.preprocess import Preprocess
 from service.engine.preprocess import Normalizer, preprocess
 from service.engine.steps import Step, stacked
@@ -67,26 +65,3 @@ def build_pipeline(runtimes: list[Runtime], pp: Preprocess, max_pixels: int, gpu
         steps = [device_step(decoder, rt) for rt in runtimes]
         return Pipeline("gpu-jpeg", decoder.pre, steps, partial(warm_decoder, decoder, steps))
     return Pipeline("cpu", cpu_pre, [stacked(rt.infer) for rt in runtimes])
-
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable: the row max is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_k(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The ``k`` best classes of one row of probabilities, best first (ties keep index order)."""
-    idx = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(probs.shape[0])
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
-    return [(int(i), float(probs[i])) for i in idx]
-
-
-def post(rows: list[np.ndarray], k: int) -> list[list[tuple[int, float]]]:
-    """Logit rows of one request -> each row's top-k (class index, softmax probability)."""
-    if not rows:
-        return []
-    probs = softmax_rows(np.stack(rows))
-    return [top_k(p, k) for p in probs]

@@ -12,9 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from service.access import AccessControl
+from service.engine.client import EngineClient
 from service.errors import ConfigError
 from service.grpc_api.servicer import InferenceServicer
-from service.http.routes.health import readiness_of
 
 logger = logging.getLogger("service.grpc")
 
@@ -27,30 +28,30 @@ MESSAGE_HEADROOM = 1 << 20
 class _Health(health.aio.HealthServicer):
     """grpc.health.v1 whose Check answers readiness as of the call (Watch follows ``_keep_health``)."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, client: EngineClient) -> None:
         super().__init__()
-        self.state = state
+        self.client = client
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:  # noqa: N802
         if request.service in ("", SERVICE):
-            ok = readiness_of(self.state)[0]
+            ok = self.client.readiness()[0]
             return health_pb2.HealthCheckResponse(
                 status=health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
         return await super().Check(request, context)
 
 
 class GrpcServer:
-    def __init__(self, state: Any) -> None:
-        self.state = state
-        s = state.settings
+    def __init__(self, client: EngineClient, access: AccessControl) -> None:
+        self.client = client
+        s = client.settings
         limit = s.max_upload_bytes + MESSAGE_HEADROOM
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", 1),  # the front ends of --processes N share the port, as for HTTP
         ])
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), self.server)
-        self.health = _Health(state)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(client, access), self.server)
+        self.health = _Health(client)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{'[' + s.host + ']' if ':' in s.host else s.host}:{s.grpc_port}"
         try:
@@ -69,7 +70,7 @@ class GrpcServer:
     async def _keep_health(self) -> None:
         serving = None
         while True:
-            ok = readiness_of(self.state)[0]
+            ok = self.client.readiness()[0]
             if ok is not serving:
                 status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 for name in ("", SERVICE):

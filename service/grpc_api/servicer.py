@@ -9,8 +9,6 @@ request's deadline for admission and the batcher. Inference is counted in the sa
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,12 +18,14 @@ from tritonclient.grpc import service_pb2_grpc
 
 from modelrepo.config import check_version
 from modelrepo.errors import RepositoryError
-from service.errors import ANSWERABLE, ServiceError, as_service_error
+from service.access import AccessControl
+from service.engine.catalog import ServedModel
+from service.engine.client import EngineClient
+from service.errors import ANSWERABLE, ServiceError
 from service.grpc_api import tensors
 from service.grpc_api.status import grpc_status
-from service.http.routes.classify import classify_images
-from service.http.routes.health import readiness_of
-from service.http.routes.v2 import EXTENSIONS, SERVER_NAME, io_metadata
+from service.kserve import codec, repository
+from service.kserve.metadata import EXTENSIONS, SERVER_NAME, io_metadata, server_version
 
 T = TypeVar("T")
 #: requests of one stream in flight at once (answers still go back in order)
@@ -41,14 +41,14 @@ def _peer_host(peer: str) -> str:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    def __init__(self, client: EngineClient, access: AccessControl) -> None:
+        self.client, self.access = client, access
 
     # -- the rules every RPC follows ---------------------------------------------------------------
     async def _admit(self, context: grpc.aio.ServicerContext, method: str, path: str) -> None:
         headers = {k.encode("latin-1"): (v if isinstance(v, bytes) else v.encode("latin-1"))
                    for k, v in (context.invocation_metadata() or ())}
-        refused = await self.state.access.check(method, path, headers, _peer_host(context.peer()))
+        refused = await self.access.check(method, path, headers, _peer_host(context.peer()))
         if refused is not None:
             raise refused
 
@@ -57,7 +57,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """``fn()`` behind access control, its errors as gRPC statuses (never UNKNOWN for a client's mistake)."""
         try:
             await self._admit(context, method, path)
-            await self.state.engine.sync()
             return await fn()
         except ANSWERABLE as e:
             code, message, trailing = grpc_status(e)
@@ -65,20 +64,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, message)
             raise  # abort raises; this line is for the type checker
 
-    def _model(self, name: str, version: str) -> Any:
-        return self.state.engine.model(name, check_version(version or None))
+    async def _model(self, name: str, version: str) -> ServedModel:
+        return await self.client.model(name, check_version(version or None))
 
     # -- health and metadata -------------------------------------------------------------------------
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:  # noqa: N802
-        return pb.ServerReadyResponse(ready=readiness_of(self.state)[0])
+        return pb.ServerReadyResponse(ready=self.client.readiness()[0])
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
         async def ready() -> pb.ModelReadyResponse:
             try:
-                self._model(request.name, request.version)
+                await self._model(request.name, request.version)
             except ServiceError as e:
                 if e.status == 404:
                     raise
@@ -88,19 +87,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._answer(context, "GET", f"/v2/models/{request.name}/ready", ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:  # noqa: N802
-        try:
-            version = importlib.metadata.version(SERVER_NAME)
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
         return await self._answer(context, "GET", "/v2", lambda: _done(pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=version, extensions=EXTENSIONS)))
+            name=SERVER_NAME, version=server_version(), extensions=EXTENSIONS)))
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:  # noqa: N802
         async def metadata() -> pb.ModelMetadataResponse:
-            inst = self._model(request.name, request.version)
+            inst = await self._model(request.name, request.version)
             inp, out = io_metadata(inst)
-            versions = [request.version] if request.version else [str(v) for v in
-                                                                 self.state.engine.versions(inst.name)]
+            versions = [request.version] if request.version else [str(v) for v in self.client.versions(inst.name)]
             resp = pb.ModelMetadataResponse(name=inst.name, versions=versions, platform=inst.platform)
             for t, spec in ((resp.inputs.add(), inp), (resp.outputs.add(), out)):
                 t.name, t.datatype = spec["name"], spec["datatype"]
@@ -111,16 +105,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:  # noqa: N802
         async def config() -> pb.ModelConfigResponse:
-            return pb.ModelConfigResponse(config=self._model(request.name, request.version).config)
+            return pb.ModelConfigResponse(config=(await self._model(request.name, request.version)).config)
 
         return await self._answer(context, "GET", f"/v2/models/{request.name}/config", config)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:  # noqa: N802,E501
         async def statistics() -> pb.ModelStatisticsResponse:
             if request.name:
-                self._model(request.name, request.version)  # 404 for an unknown model or version
+                await self._model(request.name, request.version)  # 404 for an unknown model or version
             resp = pb.ModelStatisticsResponse()
-            for (name, version), (ok, ok_ns, fail, fail_ns, last) in sorted(self.state.metrics.stats.items()):
+            for (name, version), (ok, ok_ns, fail, fail_ns, last) in sorted(self.client.metrics.stats.items()):
                 if request.name and (name != request.name or (request.version and version != request.version)):
                     continue
                 s = resp.model_stats.add(name=name, version=version, last_inference=last,
@@ -131,19 +125,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self._answer(context, "GET", "/v2/models/stats", statistics)
 
-    # -- model management (admin key) ----------------------------------------------------------------
+    # -- model repository extension (admin key for load / unload) -------------------------------------
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> Any:  # noqa: N802
+        async def index() -> pb.RepositoryIndexResponse:
+            resp = pb.RepositoryIndexResponse()
+            for m in await repository.index(self.client):
+                if m["state"] == "READY" or not request.ready:
+                    resp.models.add(**m)
+            return resp
+
+        return await self._answer(context, "POST", "/v2/repository/index", index)
+
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> Any:  # noqa: N802
         async def load() -> pb.RepositoryModelLoadResponse:
-            await self.state.engine.load(request.model_name)
-            self.state.cache.drop_model(request.model_name)
+            await self.client.load(request.model_name)
             return pb.RepositoryModelLoadResponse()
 
         return await self._answer(context, "POST", f"/models/{request.model_name}/load", load)
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> Any:  # noqa: N802
         async def unload() -> pb.RepositoryModelUnloadResponse:
-            await self.state.engine.unload(request.model_name)
-            self.state.cache.drop_model(request.model_name)
+            await self.client.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
         return await self._answer(context, "POST", f"/models/{request.model_name}/unload", unload)
@@ -155,34 +157,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                   lambda: self.infer(request, remaining))
 
     async def infer(self, req: pb.ModelInferRequest, remaining: float | None) -> pb.ModelInferResponse:
-        """One inference, counted in the request metrics with the HTTP status it would have had."""
-        st, started = self.state, time.monotonic()
-        name, version, status, code = req.model_name, "-", "500", ""
-        try:
-            inst = self._model(req.model_name, req.model_version)
-            name, version = inst.name, str(inst.version)
-            s = st.settings
-            parsed = await asyncio.get_running_loop().run_in_executor(
-                st.pool, tensors.parse, req, inst, s.max_images_per_request, s.max_upload_bytes)
-            limits = [t for t in (parsed.timeout_s, remaining) if t is not None]
-            deadline = started + (min(limits) if limits else inst.default_timeout_s)
-            if parsed.images is not None:
-                rows, _ = await classify_images(st, inst, parsed.images, parsed.classes, deadline)
-                resp = tensors.predictions_response(inst, req, parsed.output_name, rows)
-            else:
-                assert parsed.batch is not None
-                logits = await st.engine.infer(inst, parsed.batch, deadline)
-                st.metrics.child(st.metrics.images, inst.name, version).inc(len(logits))
-                resp = tensors.logits_response(inst, req, parsed.output_name, logits, parsed.classes)
-            status = "200"
-            return resp
-        except ANSWERABLE as e:
-            err = as_service_error(e)
-            status, code = str(err.status), err.code
-            raise
-        finally:
-            st.metrics.request_done(name, version, status, time.monotonic() - started, st.engine.knows(name),
-                                    code, protocol="grpc")
+        """Parse (in the worker pool), one call to the codec, render; counted in the request metrics with the
+        HTTP status it would have had."""
+        client, s = self.client, self.client.settings
+        with client.track(req.model_name, protocol="grpc") as rec:
+            model = await self._model(req.model_name, req.model_version)
+            rec.served_by(model)
+            checked = await asyncio.get_running_loop().run_in_executor(
+                client.pool, _parse, req, model, s.max_images_per_request, s.max_upload_bytes)
+            limits = [t for t in (checked.timeout_s, remaining) if t is not None]
+            deadline = rec.started + (min(limits) if limits else model.default_timeout_s)
+            out = await codec.infer(client, model, checked, deadline)
+            return tensors.response(out, model.name, str(model.version), checked.id)
 
     async def ModelStreamInfer(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -217,6 +203,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 def _message(e: ServiceError | RepositoryError) -> str:
     code, message, _ = grpc_status(e)
     return f"[StatusCode.{code.name}] {message}"
+
+
+def _parse(req: pb.ModelInferRequest, model: ServedModel, max_items: int, max_bytes: int) -> codec.Checked:
+    """Blocking (runs in the worker pool): the message -> a request checked against ``model``."""
+    return codec.check(tensors.parse(req), model, max_items, max_bytes)
 
 
 async def _done(value: T) -> T:

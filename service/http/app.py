@@ -7,7 +7,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,13 @@ from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelrepo.errors import RepositoryError
+from service.access import AccessControl
 from service.config import Settings
-from service.engine.catalog import EngineClient
+from service.engine.client import EngineClient
 from service.errors import BadParameter, RateLimited, ServiceError
-from service.http.auth import AccessControl, document_access
 from service.http.body_guard import BodyBudget, BodyGuard
-from service.http.cache import ResultCache
 from service.http.errors import render_error
+from service.http.openapi_access import document_access
 from service.http.responses import JSONResponse
 from service.http.routes import classify, health, models, v2
 from service.logging import request_id
@@ -47,7 +46,7 @@ _CSP = {
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id (echoed or made), access control (service.http.auth), in-flight gauge."""
+    """Pure ASGI middleware: request id (echoed or made), access control (service.access), in-flight gauge."""
 
     def __init__(self, app: ASGIApp, access: AccessControl, metrics: Metrics) -> None:
         self.app = app
@@ -62,12 +61,12 @@ class RequestContext:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         token = request_id.set(rid)
 
-        app_state = scope["app"].state if "app" in scope else None
+        engine: EngineClient | None = scope["app"].state.client if "app" in scope else None
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 extra = [(b"x-request-id", rid.encode("latin-1"))]
-                if getattr(app_state, "draining", False):
+                if engine is not None and engine.draining:
                     # while draining, clients open a new connection per request: when the listener closes,
                     # no idle keep-alive connection is left to carry a request that would be cut off
                     extra.append((b"connection", b"close"))
@@ -94,52 +93,36 @@ def _refusal(scope: Scope, exc: ServiceError) -> JSONResponse:
     return render_error(scope, exc, logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO)
 
 
-def engine_client(settings: Settings, pool: ThreadPoolExecutor, metrics: Metrics) -> EngineClient:
-    """The engine this front end feeds: the engine process of ``--processes N`` (whose socket the
-    supervisor names in ``ipc_dir``), else one in this process."""
-    if settings.ipc_dir:
-        from service.http.remote import RemoteEngine
-
-        return RemoteEngine(settings, pool, metrics)
-    from service.engine.engine import Engine
-    from service.engine.manager import ModelManager
-
-    return Engine(ModelManager(settings, metrics), pool, metrics)
-
-
-def _lifespan(settings: Settings, access: AccessControl, metrics: Metrics) -> Any:
+def _lifespan(client: EngineClient, access: AccessControl) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = app.state
-        state.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
-        state.engine = engine_client(settings, state.pool, metrics)
+        settings = client.settings
         logger.info("access control: %s", access.describe())
         undo_sighup = access.keys.install_sighup()
-        loader = asyncio.get_running_loop().create_task(state.engine.start())
+        loader = asyncio.get_running_loop().create_task(client.start())
         if settings.processes > 1:
             # A front end of --processes N joins the shared port (uvicorn listens after this startup) only
             # once the engine has loaded the models: the kernel never hands a connection to one that could
             # only answer 503 while others serve.
             await asyncio.shield(loader)
-        state.grpc = None
+        grpc = None
         if settings.grpc_port:
             from service.grpc_api.server import GrpcServer
 
-            state.grpc = GrpcServer(state)
-            await state.grpc.start()
+            grpc = app.state.grpc = GrpcServer(client, access)
+            await grpc.start()
         try:
             yield
         finally:
             if undo_sighup is not None:
                 undo_sighup()
-            state.draining = True
-            if state.grpc is not None:
-                await state.grpc.close(settings.graceful_timeout_s)
+            client.draining = True
+            if grpc is not None:
+                await grpc.close(settings.graceful_timeout_s)
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            await state.engine.close()
-            state.pool.shutdown(wait=False, cancel_futures=True)
+            await client.close()
 
     return lifespan
 
@@ -182,19 +165,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
     access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
     metrics = Metrics()
+    client = EngineClient(settings, metrics)
     app = FastAPI(
         title="imgserve",
         summary="Image classification with dynamic batching over OpenVINO / ONNX Runtime / TensorRT",
-        lifespan=_lifespan(settings, access, metrics),
+        lifespan=_lifespan(client, access),
         default_response_class=JSONResponse,
         docs_url=None,
         redoc_url=None,
     )
+    # what service.http.deps hands the routes, and the server its drain
     app.state.settings = settings
-    app.state.metrics = metrics
+    app.state.client = client
     app.state.access = access
-    app.state.cache = ResultCache(settings.cache_size)
-    app.state.draining = False
+    app.state.grpc = None
     _add_error_handlers(app)
     _add_routes(app)
     # inside RequestContext: a request refused by access control never reserves body bytes

@@ -32,8 +32,8 @@ class _Server(uvicorn.Server):
         self.app = app  # ours, not uvicorn's wrapped ``config.loaded_app``
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.app.state.draining = True
-        grpc_server = getattr(self.app.state, "grpc", None)
+        self.app.state.client.draining = True
+        grpc_server = self.app.state.grpc
         if grpc_server is not None:  # no new RPCs from now on; in-flight ones finish
             grpc_server.drain(self.config.timeout_graceful_shutdown or 30.0)
         delay = self.shutdown_delay_s if not self.should_exit and not self._exit_scheduled else 0.0
@@ -54,7 +54,7 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
         raise SystemExit(2) from None
     total, per_client = connection_caps(raise_fd_limit(), settings.max_connections,
                                         settings.max_connections_per_client)
-    guard = ConnectionGuard(total, per_client, settings.header_timeout_s, app.state.metrics)
+    guard = ConnectionGuard(total, per_client, settings.header_timeout_s, app.state.client.metrics)
     logger.info("connections: %s; request bodies at >= %g bytes/s after %g s, %d bytes in flight at most",
                 guard.describe(), settings.body_min_rate, settings.body_timeout_s, settings.max_body_bytes_in_flight)
     config = uvicorn.Config(

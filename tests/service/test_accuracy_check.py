@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -27,10 +26,10 @@ from modelrepo.layout import scan_model
 from service.config import Settings
 from service.engine.accuracy_check import check_accuracy
 from service.engine.catalog import Catalog
+from service.engine.client import EngineClient
 from service.engine.engine import Engine
 from service.engine.manager import ModelManager
 from service.engine.server import snapshot
-from service.http.routes.health import readiness_of
 from service.metrics import Metrics
 from service.runtimes import LoadSpec
 
@@ -123,7 +122,7 @@ async def test_below_the_gate_an_int8_version_is_refused_saying_why(tmp_path: Pa
             assert words in reason, words
         described = await engine.describe("tiny_int8")
         assert described["state"] == reason and described["versions"] == []
-        ok, why = readiness_of(SimpleNamespace(draining=False, engine=engine))
+        ok, why = EngineClient(engine.manager.settings, metrics, transport=engine).readiness()
         assert not ok and f"tiny_int8: {reason}" in why
         assert engine.not_ready().keys() == {"tiny_int8"}  # the FP32 model serves
     finally:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from service import access as auth
+from service.access import KeyStore, TokenBuckets, is_limit_field, parse_keys
 from service.config import Settings
 from service.errors import ConfigError
-from service.http import auth
 from service.http.app import create_app
-from service.http.auth import KeyStore, TokenBuckets, is_limit_field, parse_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE, ADMIN = "serve-key-6f1c", "admin-key-93ab"
@@ -145,7 +145,7 @@ async def test_sighup_reloads_the_keys_file(tmp_path: Path, caplog: pytest.LogCa
     finally:
         undo()
     keys.write_text("a:sighup-key-4\nbroken entry\n")  # a broken file keeps the keys in force
-    with caplog.at_level(logging.ERROR, "service.http.auth"):
+    with caplog.at_level(logging.ERROR, "service.access"):
         assert store.reload() is False
     assert store.match(b"sighup-key-3") is not None and "entry 2" in caplog.text
     assert "sighup-key-4" not in caplog.text
@@ -292,5 +292,5 @@ def test_readme_lists_every_limit() -> None:
         flag, env = f"`--{name.replace('_', '-')}`", f"`IMGSERVE_{name.upper()}`"
         default = "unset" if info.default is None else f"`{info.default}`"
         assert any(flag in r and env in r and re.search(rf"\| {re.escape(default)} \|$", r) for r in rows), (
-            f"README 'Limits and access control' lacks {flag}: run `python -m service.http.auth` and paste the table"
+            f"README 'Limits and access control' lacks {flag}: run `python -m service.access` and paste the table"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import signal
 import time
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
+import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from tests.service.conftest import Server, free_port, start_server
 
@@ -78,17 +81,44 @@ def test_health_and_metadata(served: tuple[Server, str]) -> None:
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_jpeg_bytes_agree_with_classify(served: tuple[Server, str], photos: dict[str, bytes]) -> None:
+def _http_v2(srv: Server) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(srv.url.removeprefix("http://"), network_timeout=60.0)
+
+
+def test_an_image_gets_the_same_labels_and_scores_through_every_protocol(
+        served: tuple[Server, str], photos: dict[str, bytes]) -> None:
+    """One top-k, one meaning of a score (the softmax probability): /classify, v2 HTTP with the images as
+    BYTES, v2 gRPC with the images as BYTES."""
     srv, url = served
     names = sorted(photos)
-    got = rows(client(url).infer(MODEL, [jpeg_input(*(photos[n] for n in names))], headers=HEAD,
-                                 outputs=[tg.InferRequestedOutput("logits", class_count=3)]))
-    for name, row in zip(names, got, strict=True):
+    images = np.array([photos[n] for n in names], dtype=object)
+    grpc_rows = rows(client(url).infer(MODEL, [jpeg_input(*images)], headers=HEAD,
+                                       outputs=[tg.InferRequestedOutput("logits", class_count=3)]))
+    inp = httpclient.InferInput("input", [len(names)], "BYTES")
+    inp.set_data_from_numpy(images, binary_data=True)
+    with contextlib.closing(_http_v2(srv)) as h:
+        res = h.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)],
+                      headers=dict(HEAD))
+    http_rows = [[(int(s.split(b":")[1]), float(s.split(b":")[0])) for s in row] for row in res.as_numpy("logits")]
+    for name, g, h_ in zip(names, grpc_rows, http_rows, strict=True):
         r = httpx.post(f"{srv.url}/classify?top_k=3", content=photos[name], timeout=60,
                        headers={"Content-Type": "image/jpeg", "X-API-Key": KEY}).json()
         want = [(p["index"], p["score"]) for p in r["results"][0]["predictions"]]
-        assert [i for i, _ in row] == [i for i, _ in want], name
-        assert np.allclose([s for _, s in row], [s for _, s in want], atol=1e-5), name
+        assert g == want and h_ == want, name  # the same six decimals everywhere
+
+
+def test_the_repository_extension_over_http_and_grpc(served: tuple[Server, str]) -> None:
+    srv, url = served
+    with contextlib.closing(_http_v2(srv)) as h:
+        index = h.get_model_repository_index(headers=dict(HEAD))
+        assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index
+        with pytest.raises(InferenceServerException) as e:
+            h.load_model(MODEL, headers=dict(HEAD))  # a serving key may not
+        assert e.value.status() == "403"
+        h.load_model(MODEL, headers={"x-api-key": ADMIN})  # tritonclient.http's load_model: no 404 any more
+        assert h.is_model_ready(MODEL, headers=dict(HEAD))
+    models = client(url).get_model_repository_index(headers=HEAD).models
+    assert [(m.name, m.version, m.state) for m in models] == [(MODEL, "1", "READY")]
 
 
 def test_tensors_agree_with_http_v2_in_fp32_and_fp16(served: tuple[Server, str]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -13,17 +11,10 @@ from starlette.types import Message
 
 from modelrepo.config import check_version
 from service.advice import random_weights_warning
-from service.engine.catalog import Classified, EngineClient, Predictions, ServedModel
-from service.errors import (
-    ANSWERABLE,
-    BadParameter,
-    BadRequest,
-    PayloadTooLarge,
-    ServiceError,
-    UnsupportedMediaType,
-    as_service_error,
-)
-from service.http.cache import ResultCache
+from service.engine.catalog import ServedModel
+from service.engine.client import Answer, EngineClient
+from service.errors import ANSWERABLE, BadParameter, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.http.deps import app_settings, engine_client
 from service.http.errors import render_error
 from service.http.responses import JSONResponse
 
@@ -128,36 +119,24 @@ def parse_query(request: Request) -> tuple[str | None, str | None, int]:
 
 async def classify(request: Request) -> Response:
     """POST /classify. A plain Starlette endpoint: FastAPI's dependency solving cost as much CPU per
-    request as the handler itself, and this is the hot path."""
-    state = request.app.state
-    settings = state.settings
-    engine: EngineClient = state.engine
-    metrics = state.metrics
-    cache: ResultCache = state.cache
-    started = time.monotonic()
-    name, label_version, status, code = "_unknown", "-", "500", ""
-    try:
-        model, version, top_k = parse_query(request)
-        await engine.sync()
-        name = model or engine.default_model()
-        inst = engine.model(name, version)
-        label_version = str(inst.version)
-        if top_k > len(inst.labels):
-            raise BadParameter(f"top_k={top_k} is more than the model's {len(inst.labels)} classes")
-        timeout_s = parse_timeout(request, inst.default_timeout_s)
-        deadline = started + timeout_s
-        uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
-        await engine.sync()
-        inst = engine.model(name, version)  # the instance serving now: a reload may have swapped it meanwhile
-        response = await _classify(request, inst, uploads, top_k, deadline, cache)
-        status = "200"
-        return response
-    except ANSWERABLE as e:
-        err = as_service_error(e)
-        status, code = str(err.status), err.code
-        return render_error(request.scope, err)
-    finally:
-        metrics.request_done(name, label_version, status, time.monotonic() - started, engine.knows(name), code)
+    request as the handler itself, and this is the hot path. Parse, one call to the engine client, render."""
+    client, settings = engine_client(request), app_settings(request)
+    with client.track("_unknown") as rec:
+        try:
+            model, version, top_k = parse_query(request)
+            rec.name = model or rec.name
+            uploads = await read_uploads(request, settings.max_upload_bytes, settings.max_images_per_request)
+            served = await client.model(model, version)
+            rec.served_by(served)
+            if top_k > len(served.labels):
+                raise BadParameter(f"top_k={top_k} is more than the model's {len(served.labels)} classes")
+            deadline = rec.started + parse_timeout(request, served.default_timeout_s)
+            answer = await client.classify(served, [u.data for u in uploads], top_k, deadline,
+                                           [u.filename for u in uploads])
+            return _render(client, served, uploads, answer)
+        except ANSWERABLE as e:
+            rec.failed(e)
+            return render_error(request.scope, e)
 
 
 #: documented in the OpenAPI schema by hand since the route is not a FastAPI route
@@ -217,54 +196,16 @@ ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error":
                    "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
 
 
-def _named(err: ServiceError, i: int, filename: str | None) -> ServiceError:
-    """An image's own error, named by its index (and file name) in the request."""
-    err.message = f"image {i}" + (f" ({filename})" if filename else "") + f": {err.message}"
-    return err
-
-
-async def classify_images(state: Any, inst: ServedModel, images: list[bytes], top_k: int, deadline: float,
-                          filenames: list[str | None] | None = None) -> tuple[list[Predictions], Classified]:
-    """Each image's top-k through the result cache and the engine (also gRPC's JPEG-bytes input); the
-    first image that cannot be decoded fails the request, named by its index."""
-    metrics, cache = state.metrics, state.cache
-    engine: EngineClient = state.engine
-    names = filenames or [None] * len(images)
-    results: list[Predictions | None] = [None] * len(images)
-    keys = [cache.key(data, inst, top_k) for data in images] if cache.enabled else []
-    todo = list(range(len(images)))
-    if cache.enabled:
-        todo = []
-        for i, k in enumerate(keys):
-            results[i] = cache.get(k)
-            metrics.child(metrics.cache, inst.name, "hit" if results[i] is not None else "miss").inc()
-            if results[i] is None:
-                todo.append(i)
-    done = await engine.classify(inst, [images[i] for i in todo], top_k, deadline)
-    for i, res in zip(todo, done.results, strict=True):
-        if isinstance(res, ServiceError):
-            raise _named(res, i, names[i])
-        results[i] = res
-        if cache.enabled:
-            cache.put(keys[i], res)
-    metrics.child(metrics.images, inst.name, str(inst.version)).inc(len(images))
-    return [r for r in results if r is not None], done
-
-
-async def _classify(
-    request: Request, inst: ServedModel, uploads: list[Upload], top_k: int, deadline: float, cache: ResultCache
-) -> JSONResponse:
-    results, done = await classify_images(request.app.state, inst, [u.data for u in uploads], top_k, deadline,
-                                          [u.filename for u in uploads])
+def _render(client: EngineClient, served: ServedModel, uploads: list[Upload], answer: Answer) -> JSONResponse:
     body = {
-        "model": inst.name,
-        "version": str(inst.version),
-        "results": [{"filename": u.filename, "predictions": r} for u, r in zip(uploads, results, strict=True)],
+        "model": served.name,
+        "version": str(served.version),
+        "results": [{"filename": u.filename, "predictions": r} for u, r in zip(uploads, answer.rows, strict=True)],
     }
-    if inst.weights == "random":  # only then are the other models' weights needed (not on every request)
-        warning = random_weights_warning(inst.name, {**request.app.state.engine.weights(), inst.name: "random"})
+    if served.weights == "random":  # only then are the other models' weights needed (not on every request)
+        warning = random_weights_warning(served.name, {**client.weights(), served.name: "random"})
         if warning is not None:
             body["warning"] = warning
-    timing = (f"queue;dur={done.queue_s * 1000:.2f}, preprocess;dur={done.preprocess_s * 1000:.2f}, "
-              f"infer;dur={done.compute_s * 1000:.2f}")
+    timing = (f"queue;dur={answer.queue_s * 1000:.2f}, preprocess;dur={answer.preprocess_s * 1000:.2f}, "
+              f"infer;dur={answer.compute_s * 1000:.2f}")
     return JSONResponse(body, headers={"Server-Timing": timing})

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
+from service.http.deps import Client
 from service.http.responses import JSONResponse
 
 router = APIRouter()
-
-
-def readiness(request: Request) -> tuple[bool, str]:
-    return readiness_of(request.app.state)
-
-
-def readiness_of(state: Any) -> tuple[bool, str]:
-    """Ready, or why not: draining, or what the engine says (also gRPC's ServerReady and health service)."""
-    if state.draining:
-        return False, "shutting down"
-    pending = state.engine.not_ready()
-    if pending:
-        return False, "; ".join(s if n == "*" else f"{n}: {s}" for n, s in sorted(pending.items()))
-    return True, "ready"
 
 
 @router.get("/health/live")
@@ -31,8 +16,8 @@ async def live() -> JSONResponse:
 
 
 @router.get("/health/ready")
-async def ready(request: Request) -> JSONResponse:
-    ok, reason = readiness(request)
+async def ready(client: Client) -> JSONResponse:
+    ok, reason = client.readiness()
     if ok:
         return JSONResponse({"status": "ready"})
     return JSONResponse(
@@ -43,7 +28,7 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    request.app.state.engine.refresh_gauges()
-    body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
+async def metrics(request: Request, client: Client) -> Response:
+    client.refresh_gauges()
+    body, content_type = client.metrics.render(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from service.errors import ServiceError
+from service.http.deps import Client
 from service.http.responses import JSONResponse
 
 router = APIRouter()
 
 
 @router.get("/models")
-async def list_models(request: Request) -> JSONResponse:
-    engine = request.app.state.engine
-    try:
-        default: str | None = engine.default_model()
-    except ServiceError:  # nothing served yet, or the engine is down: the list says what there is
-        default = None
-    return JSONResponse({"models": [await engine.describe(n) for n in engine.names()], "default_model": default})
+async def list_models(client: Client) -> JSONResponse:
+    await client.sync()
+    return JSONResponse({"models": await client.describe_all(), "default_model": client.default_model()})
 
 
 @router.get("/models/{name}")
-async def get_model(name: str, request: Request) -> JSONResponse:
-    return JSONResponse(await request.app.state.engine.describe(name))
+async def get_model(name: str, client: Client) -> JSONResponse:
+    return JSONResponse(await client.describe(name))
 
 
 @router.post("/models/{name}/load")
-async def load_model(name: str, request: Request) -> JSONResponse:
-    described = await request.app.state.engine.load(name)
-    request.app.state.cache.drop_model(name)
-    return JSONResponse(described)
+async def load_model(name: str, client: Client) -> JSONResponse:
+    return JSONResponse(await client.load(name))
 
 
 @router.post("/models/{name}/unload")
-async def unload_model(name: str, request: Request) -> JSONResponse:
-    await request.app.state.engine.unload(name)
-    request.app.state.cache.drop_model(name)
+async def unload_model(name: str, client: Client) -> JSONResponse:
+    await client.unload(name)
     return JSONResponse({"name": name, "state": "unloaded"})

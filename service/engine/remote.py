@@ -1,8 +1,9 @@
 """A front end's engine: the engine process of ``--processes N``, reached over its Unix socket.
 
-``RemoteEngine`` implements ``EngineClient`` as the in-process ``Engine`` does, so routes cannot tell
-them apart. It keeps a copy of the engine's catalog (polled every ``POLL_S``; fetched again when its
-generation changes) to resolve models and validate requests without a round trip; images go through
+``RemoteEngine`` is the engine client's socket transport (``service.engine.client.Transport``), as the
+in-process ``Engine`` is its other: protocols cannot tell them apart. It keeps a copy of the engine's
+catalog (fetched again when the engine's served set changes: ``service.engine.generation``; polled every
+``POLL_S`` for readiness) to resolve models and validate requests without a round trip; images go through
 this front end's shared memory arena. For a model whose images are decoded on the CPU the front end
 decodes and preprocesses them itself (the front ends decode in parallel, with no GIL shared with the
 engine) after the engine admitted the request; for a GPU-decode model it sends the JPEG bytes.

@@ -9,7 +9,8 @@ import hashlib
 from collections import OrderedDict
 from typing import Protocol
 
-Predictions = list[dict[str, object]]
+from service.engine.scores import Predictions
+
 Key = tuple[bytes, str, int, str, int]
 
 

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
@@ -228,8 +227,9 @@ def is_open(path: str) -> bool:
 
 
 def is_admin_route(method: str, path: str) -> bool:
-    """Mutating model management (POST /models/{name}/load, /unload and any later one under /models/)."""
-    return method not in _SAFE_METHODS and path.startswith("/models/")
+    """Mutating model management (POST /models/{name}/load, /unload and any later one under /models/; KServe's
+    /v2/repository/models/{name}/load and /unload)."""
+    return method not in _SAFE_METHODS and path.startswith(("/models/", "/v2/repository/models/"))
 
 
 def _given_key(headers: dict[bytes, bytes]) -> bytes:
@@ -283,30 +283,6 @@ class AccessControl:
         return None
 
 
-_REFUSALS = {
-    "401": "missing or wrong API key",
-    "403": "a serving key on an admin route: it needs an admin key",
-    "429": "over the key's rate limit (Retry-After)",
-}
-
-
-def document_access(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the 401/429 every protected operation may answer, and the admin routes' 403, to an OpenAPI schema."""
-    for path, ops in schema.get("paths", {}).items():
-        if is_open(path):
-            continue
-        for method, op in ops.items():
-            if not isinstance(op, dict) or "responses" not in op:
-                continue
-            codes = ["401", "429"] + (["403"] if is_admin_route(method.upper(), path) else [])
-            for code in codes:
-                resp: dict[str, Any] = {"description": _REFUSALS[code]}
-                if not path.startswith("/v2"):  # v2 answers {"error": "<message>"}, Triton's shape
-                    resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-                op["responses"].setdefault(code, resp)
-    return schema
-
-
 # -- the table of limits (README "Limits and access control") ---------------------------------------------------
 def is_limit_field(name: str) -> bool:
     """The Settings fields that bound what a client can make the service do."""
@@ -326,5 +302,5 @@ def limits_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m service.http.auth: print the table for the README
+if __name__ == "__main__":  # python -m service.access: print the table for the README
     print(limits_table())
