@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -94,8 +93,6 @@ class Metrics:
             ["model", "reason"], registry=r,
         )
         self._declare_front_end(r)
-        #: (model, version) -> [success count, success ns, failure count, failure ns, last request ms since epoch]
-        self.stats: dict[tuple[str, str], list[int]] = {}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiproc_dir = multiproc_dir()
         self._check_shared()
@@ -163,12 +160,6 @@ class Metrics:
         if not known:
             model, version = "_unknown", "-"
         self.child(self.protocol_requests, protocol, status).inc()
-        if known and version != "-":  # Triton's ModelStatistics (this process's requests)
-            s = self.stats.setdefault((model, version), [0, 0, 0, 0, 0])
-            ok = 0 if status == "200" else 2
-            s[ok] += 1
-            s[ok + 1] += int(seconds * 1e9)
-            s[4] = int(time.time() * 1000)
         self.child(self.requests, model, version, status).inc()
         self.child(self.request_duration, model).observe(seconds)
         if status == "503":

@@ -26,6 +26,7 @@ from modelrepo.errors import RepositoryError
 from service.config import Settings
 from service.engine.catalog import Classified, Predictions, ServedModel
 from service.engine.result_cache import ResultCache
+from service.engine.statistics import ModelStat
 from service.errors import ANSWERABLE, ServiceError, as_service_error
 from service.metrics import Metrics
 
@@ -49,6 +50,7 @@ class Transport(Protocol):
     async def load(self, name: str) -> Any: ...
     async def unload(self, name: str) -> None: ...
     def refresh_gauges(self) -> None: ...
+    async def statistics(self) -> list[ModelStat]: ...
     async def classify(self, inst: Any, images: list[bytes], top_k: int, deadline: float) -> Classified: ...
     async def infer(self, inst: Any, batch: np.ndarray, deadline: float) -> np.ndarray: ...
 
@@ -170,6 +172,10 @@ class EngineClient:
 
     def refresh_gauges(self) -> None:
         self.transport.refresh_gauges()
+
+    async def statistics(self) -> list[ModelStat]:
+        """What the engine ran, per model version (the whole service's, with ``--processes N`` too)."""
+        return await self.transport.statistics()
 
     # -- model management ------------------------------------------------------------------------
     async def load(self, name: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from service.engine.catalog import Classified, Predictions, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.engine.scores import predictions
+from service.engine.statistics import ModelStat, Statistics
 from service.errors import ANSWERABLE, DeadlineExceeded, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 
@@ -39,6 +40,8 @@ class Engine:
         self.metrics = metrics
         #: the first load of every configured model has been tried (readiness waits for it)
         self.started = False
+        #: what it ran, per model version (Triton's ModelStatistics): the whole service's, every front end's
+        self.stats = Statistics()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -55,6 +58,9 @@ class Engine:
 
     async def sync(self) -> None:
         """In this process the manager is what is served: nothing to catch up with."""
+
+    async def statistics(self) -> list[ModelStat]:
+        return self.stats.snapshot()
 
     # -- what routes read ----------------------------------------------------------------------
     def default_model(self) -> str:
@@ -138,6 +144,7 @@ class Engine:
             preprocess_s = time.monotonic() - t_pre
             self.metrics.child(self.metrics.preprocess_duration, inst.name).observe(preprocess_s)
             if any(isinstance(res, BaseException) for res in outcome):
+                self.stats.record(inst.name, inst.version, False, time.monotonic() - admitted.at)
                 return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
                                   preprocess_s=preprocess_s)
             submitted = True
@@ -152,7 +159,7 @@ class Engine:
                            deadline: float, admitted: Admission | bool = True) -> Classified:
         """run -> post for payloads already admitted (``admitted``: what ``inst.batcher.admit`` returned)
         and preprocessed."""
-        with self._estimate_error(inst, admitted):
+        with self._finished(inst, admitted):
             answers = await inst.batcher.run_each(payloads, deadline, admitted=admitted)
         self.metrics.child(self.metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
         results: list[Predictions | ServiceError] = []
@@ -170,20 +177,27 @@ class Engine:
     async def infer(self, inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
         """The (N, C) logits of a batch of model inputs, through admission and the dynamic batcher."""
         admitted = inst.batcher.admit(len(batch), deadline, decodes=False)
-        with self._estimate_error(inst, admitted):
+        with self._finished(inst, admitted):
             rows = await inst.batcher.run(list(batch), deadline, admitted=admitted)
         return np.stack([r[0] for r in rows]).astype(np.float32, copy=False)
 
     @contextlib.contextmanager
-    def _estimate_error(self, inst: ModelInstance, admitted: Admission | bool) -> Iterator[None]:
-        """Observe completion minus admission's prediction when the run ends, or when it is answered 504
-        (a lower bound then); other failures say nothing about the estimate."""
+    def _finished(self, inst: ModelInstance, admitted: Admission | bool) -> Iterator[None]:
+        """When the run ends: count it in the model's statistics, and observe completion minus admission's
+        prediction (also when it is answered 504, a lower bound then; other failures say nothing about
+        the estimate)."""
+        since = admitted.at if isinstance(admitted, Admission) else time.monotonic()
         try:
             yield
         except DeadlineExceeded:
             self._observe_error(inst, admitted)
+            self.stats.record(inst.name, inst.version, False, time.monotonic() - since)
+            raise
+        except Exception:
+            self.stats.record(inst.name, inst.version, False, time.monotonic() - since)
             raise
         self._observe_error(inst, admitted)
+        self.stats.record(inst.name, inst.version, True, time.monotonic() - since)
 
     def _observe_error(self, inst: ModelInstance, admitted: Admission | bool) -> None:
         if isinstance(admitted, Admission):

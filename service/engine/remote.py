@@ -36,6 +36,7 @@ from service.engine.arena import Arena
 from service.engine.catalog import Catalog, Classified, ModelView, Predictions, image_error
 from service.engine.generation import GenerationCell
 from service.engine.preprocess import Normalizer, preprocess
+from service.engine.statistics import ModelStat
 from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 
@@ -228,6 +229,10 @@ class RemoteEngine:
 
     def weights(self) -> dict[str, str]:
         return {n: vs[max(vs)].weights for n, vs in self.catalog.loaded.items() if vs}
+
+    async def statistics(self) -> list[ModelStat]:
+        """The engine process's: every front end's requests."""
+        return msgspec.convert(await self._call("statistics"), list[ModelStat])
 
     async def describe(self, name: str) -> Any:
         return await self._call("describe", name)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from modelrepo.config import format_config
@@ -189,6 +190,8 @@ class _Connection:
             return snapshot(e.manager, e.started)
         if msg.op == "describe":
             return await e.describe(msg.name)
+        if msg.op == "statistics":
+            return msgspec.to_builtins(e.stats.snapshot())
         if msg.op == "load":
             return await e.load(msg.name)
         if msg.op == "unload":

@@ -114,13 +114,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if request.name:
                 await self._model(request.name, request.version)  # 404 for an unknown model or version
             resp = pb.ModelStatisticsResponse()
-            for (name, version), (ok, ok_ns, fail, fail_ns, last) in sorted(self.client.metrics.stats.items()):
-                if request.name and (name != request.name or (request.version and version != request.version)):
+            for st in await self.client.statistics():
+                if request.name and (st.name != request.name or (request.version and st.version != request.version)):
                     continue
-                s = resp.model_stats.add(name=name, version=version, last_inference=last,
+                ok, fail = st.success_count, st.fail_count
+                s = resp.model_stats.add(name=st.name, version=st.version, last_inference=st.last_inference_ms,
                                          inference_count=ok, execution_count=ok + fail)
-                s.inference_stats.success.count, s.inference_stats.success.ns = ok, ok_ns
-                s.inference_stats.fail.count, s.inference_stats.fail.ns = fail, fail_ns
+                s.inference_stats.success.count, s.inference_stats.success.ns = ok, st.success_ns
+                s.inference_stats.fail.count, s.inference_stats.fail.ns = fail, st.fail_ns
             return resp
 
         return await self._answer(context, "GET", "/v2/models/stats", statistics)

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import Server, start_server
+from tests.service.conftest import Server, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,8 @@ def ready(srv: Server) -> bool:
 
 @pytest.fixture(scope="module")
 def split(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(model_repo, tmp_path_factory.mktemp("split"), "--processes", "2")
+    srv = start_server(model_repo, tmp_path_factory.mktemp("split"), "--processes", "2",
+                       "--grpc-port", str(free_port()))
     wait_for("both front ends", lambda: srv.logs().count("Application startup complete.") == 2)
     yield srv
     srv.stop()
@@ -77,6 +78,29 @@ def test_answers_match_the_single_process_service(split: Server, single: Server,
         pa, pb = a["results"][0]["predictions"], b["results"][0]["predictions"]
         assert [p["index"] for p in pa] == [p["index"] for p in pb], name
         assert np.allclose([p["score"] for p in pa], [p["score"] for p in pb], atol=1e-5), name
+
+
+def _grpc_port(srv: Server) -> int:
+    return int(re.search(r"gRPC \(KServe v2, grpc.health.v1\) on port (\d+)", srv.logs()).group(1))  # type: ignore[union-attr]
+
+
+def test_model_statistics_are_the_engines_whichever_front_end_answered(split: Server,
+                                                                          photos: dict[str, bytes]) -> None:
+    """gRPC ModelStatistics counts every front end's requests (the engine keeps them), not one front end's."""
+    import tritonclient.grpc as tg
+
+    c = tg.InferenceServerClient(f"127.0.0.1:{_grpc_port(split)}")
+
+    def count() -> int:
+        return sum(s.inference_count for s in c.get_inference_statistics("resnet18").model_stats)
+
+    before = count()
+    for _ in range(16):  # fresh connections: both front ends answer some (SO_REUSEPORT)
+        r = httpx.post(f"{split.url}/classify", content=photos["coffee.jpg"],
+                       headers={**JPEG, "Connection": "close"}, timeout=60)
+        assert r.status_code == 200, r.text
+    assert count() - before == 16
+    c.close()
 
 
 def test_v2_and_the_admin_api_reach_the_engine(split: Server, photos: dict[str, bytes]) -> None:
