@@ -27,7 +27,7 @@ from typing import Any
 
 from loadtest import report
 from loadtest.images import sample_jpegs
-from loadtest.procs import free_port, http_get, machine_busy_s, naive_argv, running, service_argv, wait_idle
+from loadtest.server_process import free_port, http_get, machine_busy_s, naive_argv, running, service_argv, wait_idle
 from loadtest.wrk import LoadPoint, find_wrk, run_wrk
 
 RESULTS = Path(__file__).with_name("results")

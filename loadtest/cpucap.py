@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.procs import descendants
+from loadtest.server_process import descendants
 
 _MOUNTS = Path("/proc/mounts")
 

@@ -236,7 +236,7 @@ def decode_limits(plan: Plan, model_dir: Path, corpus: list[Path], rep: Report) 
 
 
 def _start(plan: Plan, repo: Path, procs: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    from loadtest.procs import free_port
+    from loadtest.server_process import free_port
 
     port = free_port()
     argv = [sys.executable, "-m", "service", "--model-repo", str(repo), "--models", f"{plan.arch}_pt",
@@ -311,7 +311,7 @@ def _trim(log: Path, keep: int = 1 << 20) -> None:
 
 def _gpu_metrics(port: int) -> list[str]:
     """The service's gpu_* and batch-size lines from /metrics (NVML through nvidia-ml-py)."""
-    from loadtest.procs import http_get
+    from loadtest.server_process import http_get
 
     try:
         _, body = http_get(port, "/metrics", timeout=10)

@@ -24,7 +24,7 @@ import numpy as np
 
 from loadtest import report
 from loadtest.images import sample_jpegs
-from loadtest.procs import free_port, running, service_argv
+from loadtest.server_process import free_port, running, service_argv
 
 RESULTS = Path(__file__).with_name("results")
 

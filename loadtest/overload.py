@@ -52,9 +52,9 @@ from urllib.parse import urlsplit
 
 from loadtest import cpucap, estimate_error
 from loadtest.images import sample_jpegs
-from loadtest.procs import free_port, machine_busy_s, proc_cpu_s, running, service_argv
 from loadtest.rawclient import Answer, build, closed_loop, open_loop, run
 from loadtest.report import NOISE_WARN, write_results
+from loadtest.server_process import free_port, machine_busy_s, proc_cpu_s, running, service_argv
 
 RESULTS = Path(__file__).with_name("results")
 #: 503 p99 under overload / 200 p99 unloaded (c=2). Issue 10's bound was an absolute 50 ms, about twice a served

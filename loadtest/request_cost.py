@@ -42,7 +42,7 @@ import numpy as np
 
 from loadtest import rawclient
 from loadtest.images import sample_jpegs
-from loadtest.procs import HOST, Server, descendants, free_port, http_get, proc_cpu_s, wait_idle
+from loadtest.server_process import HOST, Server, descendants, free_port, http_get, proc_cpu_s, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("classify", "v2-http-tensor", "v2-grpc-tensor", "v2-grpc-bytes")

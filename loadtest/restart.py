@@ -32,9 +32,9 @@ from typing import Any
 
 from loadtest import cpucap
 from loadtest.images import sample_jpegs
-from loadtest.procs import HOST, Server, free_port
 from loadtest.report import write_results
-from service.http.supervisor import RESTART_BACKOFF_S
+from loadtest.server_process import HOST, Server, free_port
+from service.supervisor import RESTART_BACKOFF_S
 
 RESULTS = Path(__file__).with_name("results")
 #: the engine's log lines worth keeping per restart (what it loaded, cached, warmed and when it was ready)

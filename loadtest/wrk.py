@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loadtest.procs import machine_busy_s, proc_cpu_s
+from loadtest.server_process import machine_busy_s, proc_cpu_s
 
 LUA = Path(__file__).with_name("wrk_post.lua")
 INSTALL_HINT = "wrk is not installed: `sudo apt-get update && sudo apt-get install -y wrk` (Debian/Ubuntu)"

@@ -1,7 +1,7 @@
 """One error hierarchy; each error carries its HTTP status and a machine code.
 
 The repository format's own errors (``modelrepo.errors``, no HTTP notion) map onto it through
-``as_service_error``. Both render as ``{"error": {"code", "message"}}`` through ``service.http.errors``
+``as_service_error``. Both render as ``{"error": {"code", "message"}}`` through ``service.http.error_render``
 (KServe v2 routes: ``{"error": message}``, the v2 shape). Messages say what went wrong and how to fix it.
 """
 

@@ -137,16 +137,16 @@ def test_layers(layer: str, must_not_import: tuple[str, ...]) -> None:
 def test_a_front_end_loads_no_runtime_and_no_engine_internals() -> None:
     """What a front end of --processes N imports (its app and its remote engine): no runtime package,
     no torch, and none of the engine's model-owning modules (they load runtimes)."""
-    code = ("import sys, service.http.app, service.engine.remote, service.http.server; "
+    code = ("import sys, service.http.app, service.engine.remote, service.http.http_server; "
             "print('\\n'.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          timeout=120).stdout.split()
     forbidden = ("onnxruntime", "openvino", "torch", "tensorrt", "service.engine.manager",
-                 "service.engine.loading", "service.engine.batching", "service.engine.server")
+                 "service.engine.loading", "service.engine.batching", "service.engine.process")
     assert [m for m in out if m.split(".")[0] in forbidden[:4] or m in forbidden] == []
 
 
-@pytest.mark.parametrize("package", ["service", "modelrepo"])
+@pytest.mark.parametrize("package", ["service", "modelrepo", "export", "loadtest", "deploy"])
 def test_modules_and_functions_stay_small(package: str) -> None:
     """House style: a module past ~400 lines or a function past ~60 is split."""
     long_modules, long_functions = [], []

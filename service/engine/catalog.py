@@ -3,7 +3,7 @@ and the catalog a front end keeps of a remote engine.
 
 ``service.engine.engine.Engine`` (in this process) and ``service.engine.remote.RemoteEngine`` (the engine
 process of ``--processes N``) are the two transports of ``service.engine.client``. The catalog is built in the engine
-process (``service.engine.server``), sent as plain data and read back here (``Catalog``), whose ``get``
+process (``service.engine.process``), sent as plain data and read back here (``Catalog``), whose ``get``
 answers as the manager's does (``service.engine.lookup``). A ``ModelView`` carries what routes read of
 a served version: never a runtime or a batcher. Nothing here imports a runtime.
 """

@@ -29,6 +29,7 @@ from service.engine.result_cache import ResultCache
 from service.engine.statistics import ModelStat
 from service.errors import ANSWERABLE, ServiceError, as_service_error
 from service.metrics import Metrics
+from service.runtimes.registry import require
 
 
 class Transport(Protocol):
@@ -96,7 +97,10 @@ class EngineClient:
     """Every protocol's engine: one per front end process."""
 
     def __init__(self, settings: Settings, metrics: Metrics, transport: Transport | None = None) -> None:
-        """``transport``: built from ``settings`` on first use when None (``build_transport``)."""
+        """``transport``: built from ``settings`` on first use when None (``build_transport``). A runtime
+        the settings ask for that cannot run here (``--runtime openvino`` without OpenVINO) fails here, at
+        start, with the reason (ConfigError)."""
+        require(settings.runtime)
         self.settings, self.metrics = settings, metrics
         self.cache = ResultCache(settings.cache_size)
         #: SIGTERM: readiness turns 503 at once while in-flight requests finish

@@ -1,5 +1,5 @@
 """The one map from the service's errors to gRPC status codes (HTTP renders the same errors through
-``service.http.errors``). Retry advice travels in trailing metadata (``retry-after``, seconds), as the
+``service.http.error_render``). Retry advice travels in trailing metadata (``retry-after``, seconds), as the
 machine code does (``imgserve-error-code``)."""
 
 from __future__ import annotations

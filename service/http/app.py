@@ -25,13 +25,12 @@ from service.config import Settings
 from service.engine.client import EngineClient
 from service.errors import BadParameter, RateLimited, ServiceError
 from service.http.body_guard import BodyBudget, BodyGuard
-from service.http.errors import render_error
+from service.http.error_render import render_error
 from service.http.openapi_access import document_access
 from service.http.responses import JSONResponse
 from service.http.routes import classify, health, models, v2
 from service.logging import request_id
 from service.metrics import Metrics
-from service.runtimes import require
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def _lifespan(client: EngineClient, access: AccessControl) -> Any:
             await asyncio.shield(loader)
         grpc = None
         if settings.grpc_port:
-            from service.grpc_api.server import GrpcServer
+            from service.grpc_api.grpc_server import GrpcServer
 
             grpc = app.state.grpc = GrpcServer(client, access)
             await grpc.start()
@@ -162,7 +161,6 @@ def _add_routes(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    require(settings.runtime)  # --runtime openvino without OpenVINO fails here, at start, with the reason
     access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
     metrics = Metrics()
     client = EngineClient(settings, metrics)

@@ -29,7 +29,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import RequestTimeout, ServiceBusy
-from service.http.errors import render_error
+from service.http.error_render import render_error
 
 logger = logging.getLogger(__name__)
 

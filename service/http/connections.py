@@ -23,7 +23,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.http.errors import error_body
+from service.http.error_render import error_body
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.procs import free_port, running, service_argv
+from loadtest.server_process import free_port, running, service_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from loadtest import request_cost as rc
 LOG = """\
 2026-12-07 00:18:18,425 INFO service [-] serving on 127.0.0.1:18080 with 2 front ends and one engine process
 2026-12-07 00:18:18,516 INFO service [-] engine started (pid 21504)
-2026-12-07 00:18:18,518 INFO service [-] worker-0 started (pid 21505)
+2026-12-07 00:18:18,518 INFO service [-] front-end-0 started (pid 21505)
 2026-12-07 00:18:19,329 INFO uvicorn.error [-] Started server process [21505]
 2026-12-07 00:18:19,409 INFO uvicorn.error [-] Started server process [21506]
 """

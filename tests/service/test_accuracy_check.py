@@ -29,7 +29,7 @@ from service.engine.catalog import Catalog
 from service.engine.client import EngineClient
 from service.engine.engine import Engine
 from service.engine.manager import ModelManager
-from service.engine.server import snapshot
+from service.engine.process import snapshot
 from service.metrics import Metrics
 from service.runtimes import LoadSpec
 

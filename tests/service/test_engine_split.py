@@ -27,7 +27,7 @@ RUNTIME_LIBS = re.compile(r"onnxruntime|openvino|libcuda|libtorch")
 
 
 def pids(srv: Server, name: str) -> list[int]:
-    """Every pid the supervisor started for ``name`` ("engine", "worker-0", ...), oldest first."""
+    """Every pid the supervisor started for ``name`` ("engine", "front-end-0", ...), oldest first."""
     return [int(p) for p in re.findall(rf"{re.escape(name)} started \(pid (\d+)\)", srv.logs())]
 
 
@@ -64,7 +64,7 @@ def single(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_front_ends_map_no_runtime_and_the_engine_does(split: Server) -> None:
-    for name in ("worker-0", "worker-1"):
+    for name in ("front-end-0", "front-end-1"):
         maps = Path(f"/proc/{pids(split, name)[-1]}/maps").read_text()
         assert not RUNTIME_LIBS.search(maps), f"{name} mapped a runtime library"
     assert RUNTIME_LIBS.search(Path(f"/proc/{pids(split, 'engine')[-1]}/maps").read_text())
@@ -149,7 +149,7 @@ async def _load(url: str, data: bytes, seconds: float, clients: int, running: as
 def test_an_engine_killed_fails_in_flight_requests_at_once_and_comes_back(
     split: Server, photos: dict[str, bytes]
 ) -> None:
-    engine, fronts = pids(split, "engine")[-1], [pids(split, f"worker-{i}")[-1] for i in (0, 1)]
+    engine, fronts = pids(split, "engine")[-1], [pids(split, f"front-end-{i}")[-1] for i in (0, 1)]
 
     async def scenario() -> tuple[list[tuple[float, float, object]], float, str]:
         running = asyncio.Event()
@@ -175,21 +175,21 @@ def test_an_engine_killed_fails_in_flight_requests_at_once_and_comes_back(
     wait_for("readiness after the restart", lambda: ready(split), 120)
     r = httpx.post(f"{split.url}/classify", content=photos["coffee.jpg"], headers=JPEG, timeout=60)
     assert r.status_code == 200
-    assert [pids(split, f"worker-{i}")[-1] for i in (0, 1)] == fronts  # the front ends never restarted
+    assert [pids(split, f"front-end-{i}")[-1] for i in (0, 1)] == fronts  # the front ends never restarted
     assert re.search(rf"engine \(pid {engine}\) exited with -9", split.logs())
 
 
 def test_a_front_end_killed_is_restarted_and_the_other_keeps_serving(
     split: Server, photos: dict[str, bytes]
 ) -> None:
-    victim = pids(split, "worker-1")[-1]
+    victim = pids(split, "front-end-1")[-1]
     os.kill(victim, signal.SIGKILL)
-    wait_for("the supervisor to restart it", lambda: len(pids(split, "worker-1")) == 2)
+    wait_for("the supervisor to restart it", lambda: len(pids(split, "front-end-1")) == 2)
     # meanwhile and after: fresh connections land on a listening front end and are answered
     for _ in range(10):
         r = httpx.post(f"{split.url}/classify", content=photos["coffee.jpg"], headers=JPEG, timeout=60)
         assert r.status_code == 200
-    assert re.search(rf"worker-1 \(pid {victim}\) exited with -9", split.logs())
+    assert re.search(rf"front-end-1 \(pid {victim}\) exited with -9", split.logs())
     wait_for("the new front end", lambda: split.logs().count("Application startup complete.") >= 3)
 
 
@@ -201,7 +201,7 @@ def test_sigterm_drains_the_front_ends_then_stops_the_engine(model_repo: Path, t
     assert logs.count("Finished server process") == 2
     assert logs.rindex("Finished server process") < logs.rindex("engine process"), logs  # "... stopping"
     assert re.search(r"engine process \d+ stopping", logs), logs
-    assert not list(Path("/dev/shm").glob(f"imgserve-ipc-*/frontend-{pids(srv, 'worker-0')[-1]}.arena"))
+    assert not list(Path("/dev/shm").glob(f"imgserve-ipc-*/frontend-{pids(srv, 'front-end-0')[-1]}.arena"))
 
 
 def _favour_class(model: Path, index: int) -> None:

@@ -22,8 +22,8 @@ import pytest
 
 from loadtest import cpucap, estimate_error
 from loadtest.overload import classify_request, closed, codes, errors, flood_and_calm, paced, pct, rss_mib
-from loadtest.procs import proc_cpu_s
 from loadtest.rawclient import CLOSED_BEFORE_ANSWER, Answer, closed_loop, run
+from loadtest.server_process import proc_cpu_s
 from tests.service.conftest import start_server
 
 pytestmark = pytest.mark.slow

@@ -36,7 +36,7 @@ def test_two_workers_share_the_port_and_merge_metrics(
         rc = srv.stop()
     logs = srv.logs()
     assert logs.count("startup complete: ready") == 1, logs  # one engine loaded the models, once
-    assert "engine started" in logs and "worker-0 started" in logs and "worker-1 started" in logs
+    assert "engine started" in logs and "front-end-0 started" in logs and "front-end-1 started" in logs
     assert logs.count("connected to the engine process") == 2, logs
     assert rc == 0
 

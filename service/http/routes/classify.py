@@ -15,7 +15,7 @@ from service.engine.catalog import ServedModel
 from service.engine.client import Answer, EngineClient
 from service.errors import ANSWERABLE, BadParameter, BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.http.deps import app_settings, engine_client
-from service.http.errors import render_error
+from service.http.error_render import render_error
 from service.http.responses import JSONResponse
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}

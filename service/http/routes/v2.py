@@ -26,7 +26,7 @@ from service.engine.client import EngineClient
 from service.errors import ANSWERABLE, BadRequest, ModelNotReady
 from service.http import v2_wire
 from service.http.deps import Client
-from service.http.errors import render_error
+from service.http.error_render import render_error
 from service.http.responses import JSONResponse
 from service.http.routes.classify import parse_timeout, read_body
 from service.kserve import codec, repository
@@ -34,7 +34,7 @@ from service.kserve.metadata import EXTENSIONS, SERVER_NAME, io_metadata, server
 
 
 class _V2Route(APIRoute):
-    """Errors, FastAPI's validation errors too, rendered in the v2 shape (``service.http.errors``)."""
+    """Errors, FastAPI's validation errors too, rendered in the v2 shape (``service.http.error_render``)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

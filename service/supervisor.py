@@ -1,6 +1,6 @@
 """``--processes N``: N HTTP front ends sharing one port through SO_REUSEPORT (the kernel spreads
 connections over them) and ONE engine process that owns the models, batchers and runtimes
-(DESIGN.md §5; ``service.engine.server``), so one batcher sees all the traffic and a GPU has one
+(DESIGN.md §5; ``service.engine.process``), so one batcher sees all the traffic and a GPU has one
 context. They talk over a Unix socket and shared memory in a private IPC folder.
 
 Processes are spawned (never forked: CUDA does not survive a fork); their metrics merge through
@@ -34,12 +34,12 @@ IPC_ENV = "IMGSERVE_IPC_DIR"
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` that other workers can bind too, NOT yet listening.
+    """A socket bound to ``host:port`` that the other front ends can bind too, NOT yet listening.
 
     The kernel spreads new connections over the listening sockets of a SO_REUSEPORT group only: a bound
     socket gets none. uvicorn calls ``listen()`` once the app's startup (which waits for the models) is
-    done, so a worker that is loading, or restarting, is never handed a connection it cannot answer;
-    while no worker listens, a connection is refused at once instead of waiting on a load.
+    done, so a front end that is loading, or restarting, is never handed a connection it cannot answer;
+    while no front end listens, a connection is refused at once instead of waiting on a load.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -50,10 +50,10 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(argv: list[str]) -> None:
+def run_front_end(argv: list[str]) -> None:
     """One front end of --processes N (in a spawned process): HTTP on the shared port, feeding the engine."""
     from service.config import parse_settings
-    from service.http.server import serve
+    from service.http.http_server import serve
     from service.lifetime import die_with_parent
 
     die_with_parent()
@@ -152,20 +152,20 @@ class _Supervisor:
         return max((abs(c or 0) for c in codes if c not in clean), default=0)
 
 
-def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run_worker,
+def supervise(n: int, argv: list[str], target: Callable[[list[str]], None] = run_front_end,
               engine: Callable[[list[str]], None] | None = None, arena_mb: int = 64) -> int:
     """Run the engine process and ``n`` front ends (``target(argv)`` each, spawned) until SIGTERM/SIGINT;
     the exit status. A process that dies is restarted alone: the front ends keep serving (503 while
     the engine is down), the engine keeps its models while a front end comes back."""
     if engine is None:
-        from service.engine.server import run_engine
+        from service.engine.process import run_engine
 
         engine = run_engine
     own_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = os.environ.setdefault(MULTIPROC_ENV, tempfile.mkdtemp(prefix="imgserve-metrics-"))
     ipc_dir = os.environ[IPC_ENV] = _ipc_dir(n * (arena_mb << 20))
     try:
-        front = [_Slot(f"worker-{i}", target) for i in range(n)]
+        front = [_Slot(f"front-end-{i}", target) for i in range(n)]
         return _Supervisor(argv, ipc_dir, _Slot("engine", engine), front).run()
     finally:
         if own_dir:
