@@ -4,7 +4,7 @@
 
 ``DATA`` is an ImageFolder (``DIR/<class>/<image>``, classes named by WordNet id or class name) or a CSV of
 ``file,label`` (``export/labelled.py``). Every image is decoded and preprocessed once per batch by the
-service's own code (``service.engine.preprocess.preprocess``, from the file's bytes: EXIF orientation, DCT
+service's own code (``modelrepo.image_preprocess.preprocess``, from the file's bytes: EXIF orientation, DCT
 draft decoding and all), then run through each row: the model and its exported variants (``NAME_int8``,
 ``NAME_ov``, ``NAME_pt``, ``NAME_fp16``) on ONNX Runtime, OpenVINO (FP32, and BF16 on a CPU that has it)
 and PyTorch (TorchScript). The first row, FP32 ONNX Runtime, is the reference the others' top-1 agreement
@@ -29,10 +29,10 @@ from tqdm import tqdm
 from export.errors import ExportError
 from export.labelled import LabelledSet, read_labelled
 from export.parity import Runner
+from modelrepo.errors import ImageError
+from modelrepo.image_preprocess import Normalizer, preprocess
 from modelrepo.layout import scan_model
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import Normalizer, preprocess
-from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _batch_tensors(datas: list[bytes], pps: set[Preprocess]) -> tuple[Tensors, l
     for i, data in enumerate(datas):
         try:
             rows = {pp: preprocess(data, pp, MAX_PIXELS, normalizers[pp]) for pp in pps}
-        except ServiceError as e:  # BadImage / PayloadTooLarge: what the service would answer
+        except ImageError as e:  # undecodable or too large: what the service would refuse (400 / 413)
             refused[i] = f"{e.code}: {e.message}"
             continue
         kept.append(i)

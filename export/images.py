@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from export.errors import ExportError
+from modelrepo.image_preprocess import preprocess_pil
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import preprocess_pil
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from modelrepo.image_preprocess import Normalizer, preprocess
 from modelrepo.layout import scan_model
 from modelrepo.preprocess import Preprocess
 from service.config import Settings
-from service.engine.preprocess import Normalizer, preprocess
 from service.runtimes import LoadSpec, Runtime, load_runtime
 
 MAX_PIXELS = Settings.model_fields["max_image_pixels"].default

@@ -198,9 +198,9 @@ def engine_limits(plan: Plan, model_dir: Path, rep: Report) -> dict[str, dict[in
 def decode_limits(plan: Plan, model_dir: Path, corpus: list[Path], rep: Report) -> dict[str, float]:
     import torch
 
+    from modelrepo.image_preprocess import Normalizer, preprocess
     from modelrepo.preprocess import Preprocess
     from service.engine.gpu_decode import JpegDecoder, device_step
-    from service.engine.preprocess import Normalizer, preprocess
     from service.runtimes.base import LoadSpec
     from service.runtimes.pytorch import PyTorchRuntime
 

@@ -2,7 +2,7 @@
 
 ``old`` is the pipeline of the previous commit, reimplemented here (``old_preprocess``): Pillow decode
 with ``Image.draft``, ``ImageOps.exif_transpose`` on the whole decoded image (a whole-image copy even
-when nothing turns), the crop box from the reduced size. ``new`` is ``service.engine.preprocess.preprocess``:
+when nothing turns), the crop box from the reduced size. ``new`` is ``modelrepo.image_preprocess.preprocess``:
 the same decode, the EXIF orientation applied to the small crop, the crop box from the full size.
 Images: the scikit-image sample photos as the load tests post them (JPEG quality 90), at their native
 size and upscaled (4x by default: the DCT-scaled decode), each also stored with EXIF orientation 6
@@ -38,8 +38,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from loadtest.images import QUALITY, sample_jpegs
+from modelrepo.image_preprocess import _RESAMPLE, DRAFT_MARGIN, Normalizer, _to_rgb, crop_box, open_image, preprocess
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import _RESAMPLE, DRAFT_MARGIN, Normalizer, _to_rgb, crop_box, open_image, preprocess
 
 RESULTS = Path(__file__).with_name("results")
 MAX_PIXELS = 10**9

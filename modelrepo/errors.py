@@ -19,5 +19,26 @@ class VersionNotFound(RepositoryError):
     """A version that is not (or cannot be) a version folder of the model."""
 
 
+class ImageError(Exception):
+    """An image that cannot become a model input (the service answers 400 or 413; the exporter skips it)."""
+
+    #: the machine code the service answers it with
+    code = "bad_image"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UndecodableImage(ImageError):
+    """Empty, not an image, or truncated / corrupt: nothing to classify."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than allowed (checked from the header, before decoding)."""
+
+    code = "payload_too_large"
+
+
 class EngineBuildError(RepositoryError):
     """TensorRT could not parse the ONNX model or build a plan from it (or is missing here)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from modelrepo.errors import InvalidModelName, RepositoryError, VersionNotFound
+from modelrepo.errors import ImageError, ImageTooLarge, InvalidModelName, RepositoryError, VersionNotFound
 
 
 class ServiceError(Exception):
@@ -139,12 +139,13 @@ class RepositoryFault(ServiceError):
     status, code = 500, "repository_error"
 
 
-#: what a handler may answer with: the service's errors and the repository format's
-ANSWERABLE = (ServiceError, RepositoryError)
+#: what a handler may answer with: the service's errors, the repository format's and an image's
+ANSWERABLE = (ServiceError, RepositoryError, ImageError)
+Answerable = ServiceError | RepositoryError | ImageError
 
 
-def as_service_error(exc: ServiceError | RepositoryError) -> ServiceError:
-    """The service error answering ``exc``: a repository error gets its status here, the one map."""
+def as_service_error(exc: Answerable) -> ServiceError:
+    """The service error answering ``exc``: a repository or image error gets its status here, the one map."""
     if isinstance(exc, ServiceError):
         return exc
     kind: type[ServiceError] = RepositoryFault
@@ -152,6 +153,10 @@ def as_service_error(exc: ServiceError | RepositoryError) -> ServiceError:
         kind = BadParameter
     elif isinstance(exc, VersionNotFound):
         kind = ModelNotFound
+    elif isinstance(exc, ImageTooLarge):
+        kind = PayloadTooLarge
+    elif isinstance(exc, ImageError):
+        kind = BadImage
     err = kind(exc.message)
     err.__cause__ = exc
     return err

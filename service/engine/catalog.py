@@ -16,10 +16,11 @@ from typing import Any, Protocol
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from modelrepo.errors import ImageError
 from modelrepo.preprocess import Preprocess
 from service.engine.lookup import lookup
 from service.engine.scores import Predictions
-from service.errors import BadImage, ServiceError
+from service.errors import BadImage, ServiceError, as_service_error
 
 
 @dataclass
@@ -34,8 +35,8 @@ class Classified:
 
 def image_error(err: BaseException) -> ServiceError:
     """An image's own failure as the error its caller gets (an unexpected decoder error is a bad image)."""
-    if isinstance(err, ServiceError):
-        return err
+    if isinstance(err, ServiceError | ImageError):
+        return as_service_error(err)
     if isinstance(err, Exception):
         return BadImage(f"could not be processed: {type(err).__name__}: {err}")
     raise err  # CancelledError, KeyboardInterrupt: not an image's fault

@@ -22,12 +22,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from modelrepo.errors import RepositoryError
 from service.config import Settings
 from service.engine.catalog import Classified, Predictions, ServedModel
 from service.engine.result_cache import ResultCache
 from service.engine.statistics import ModelStat
-from service.errors import ANSWERABLE, ServiceError, as_service_error
+from service.errors import ANSWERABLE, Answerable, ServiceError, as_service_error
 from service.metrics import Metrics
 from service.runtimes.registry import require
 
@@ -71,7 +70,7 @@ class Tracked:
     def served_by(self, model: ServedModel) -> None:
         self.name, self.version = model.name, str(model.version)
 
-    def failed(self, e: ServiceError | RepositoryError) -> None:
+    def failed(self, e: Answerable) -> None:
         """Answered with ``e`` (a protocol that renders its errors itself says so here)."""
         err = as_service_error(e)
         self.status, self.code = str(err.status), err.code

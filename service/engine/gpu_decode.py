@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from modelrepo.errors import ImageError, UndecodableImage
+from modelrepo.image_preprocess import exif_orientation, open_image, resize_geometry
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import exif_orientation, open_image, resize_geometry
 from service.engine.steps import Step, StepResult
-from service.errors import BadImage, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class JpegDecoder:
         try:
             orientation = exif_orientation(img)
         except (OSError, SyntaxError, ValueError) as e:
-            raise BadImage(f"image could not be decoded (truncated or corrupt?): {e}") from e
+            raise UndecodableImage(f"image could not be decoded (truncated or corrupt?): {e}") from e
         return JpegPayload(data, orientation, img.size)
 
     # -- collate: the instance's thread, per batch ---------------------------------------------
@@ -144,15 +144,15 @@ class JpegDecoder:
                 pass
             try:
                 out.append(self.cpu_pre(p.data))  # Pillow decodes what nvJPEG would not (or says why not)
-            except ServiceError as e:
+            except ImageError as e:
                 out.append(e)
             except Exception as e:  # noqa: BLE001 - a decoder's own error for this image alone
-                out.append(BadImage(f"image could not be decoded: {type(e).__name__}: {e}"))
+                out.append(UndecodableImage(f"image could not be decoded: {type(e).__name__}: {e}"))
         return out
 
     def _resize_crop_normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """Upright uint8 ``(n, 3, h, w)`` -> normalised float32 ``(n, 3, crop, crop)``: Resize(shorter)
-        then CenterCrop, exactly the box ``service.engine.preprocess.crop_box`` computes on the CPU."""
+        then CenterCrop, exactly the box ``modelrepo.image_preprocess.crop_box`` computes on the CPU."""
         pp = self.pp
         h, w = batch.shape[-2:]
         nw, nh, left, top = resize_geometry(w, h, pp)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from modelrepo.image_preprocess import Normalizer, preprocess
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import Normalizer, preprocess
 from service.engine.steps import Step, stacked
 from service.runtimes import Runtime
 

@@ -30,12 +30,12 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from modelrepo.image_preprocess import Normalizer, preprocess
 from service.config import Settings
 from service.engine import wire
 from service.engine.arena import Arena
 from service.engine.catalog import Catalog, Classified, ModelView, Predictions, image_error
 from service.engine.generation import GenerationCell
-from service.engine.preprocess import Normalizer, preprocess
 from service.engine.statistics import ModelStat
 from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics

@@ -19,8 +19,7 @@ from typing import Any
 
 import msgspec
 
-from modelrepo.errors import RepositoryError
-from service.errors import RemoteError, ServiceError, as_service_error
+from service.errors import Answerable, RemoteError, as_service_error
 
 #: largest frame accepted: an inline image is at most --max-upload-bytes; the rest is small
 MAX_FRAME = 1 << 30
@@ -115,7 +114,7 @@ class Reply(msgspec.Struct, tag=True):
     image_errors: list[Failure | None] | None = None
 
 
-def failure(exc: ServiceError | RepositoryError) -> Failure:
+def failure(exc: Answerable) -> Failure:
     err = as_service_error(exc)
     return Failure(err.status, err.code, err.message, dict(err.headers))
 

@@ -17,11 +17,10 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from modelrepo.config import check_version
-from modelrepo.errors import RepositoryError
 from service.access import AccessControl
 from service.engine.catalog import ServedModel
 from service.engine.client import EngineClient
-from service.errors import ANSWERABLE, ServiceError
+from service.errors import ANSWERABLE, Answerable, ServiceError
 from service.grpc_api import tensors
 from service.grpc_api.status import grpc_status
 from service.kserve import codec, repository
@@ -201,7 +200,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     t.cancel()
 
 
-def _message(e: ServiceError | RepositoryError) -> str:
+def _message(e: Answerable) -> str:
     code, message, _ = grpc_status(e)
     return f"[StatusCode.{code.name}] {message}"
 

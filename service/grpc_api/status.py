@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import grpc
 
-from modelrepo.errors import RepositoryError
-from service.errors import ServiceError, as_service_error
+from service.errors import Answerable, as_service_error
 
 #: machine codes whose 503/429 mean "too much now": RESOURCE_EXHAUSTED (retry later), not UNAVAILABLE
 _EXHAUSTED = {"queue_full", "rate_limited", "server_busy", "payload_too_large"}
@@ -26,7 +25,7 @@ _BY_STATUS = {
 }
 
 
-def grpc_status(error: ServiceError | RepositoryError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+def grpc_status(error: Answerable) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(status code, message, trailing metadata) answering ``error``."""
     err = as_service_error(error)
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.code in _EXHAUSTED else _BY_STATUS.get(

@@ -19,11 +19,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelrepo.errors import RepositoryError
+from modelrepo.errors import ImageError, RepositoryError
 from service.access import AccessControl
 from service.config import Settings
 from service.engine.client import EngineClient
-from service.errors import BadParameter, RateLimited, ServiceError
+from service.errors import Answerable, BadParameter, RateLimited, ServiceError
 from service.http.body_guard import BodyBudget, BodyGuard
 from service.http.error_render import render_error
 from service.http.openapi_access import document_access
@@ -129,7 +129,8 @@ def _lifespan(client: EngineClient, access: AccessControl) -> Any:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     @app.exception_handler(RepositoryError)
-    async def _service_error(request: Request, exc: ServiceError | RepositoryError) -> JSONResponse:
+    @app.exception_handler(ImageError)
+    async def _service_error(request: Request, exc: Answerable) -> JSONResponse:
         return render_error(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)

@@ -10,8 +10,7 @@ import logging
 
 from starlette.types import Scope
 
-from modelrepo.errors import RepositoryError
-from service.errors import ServiceError, as_service_error
+from service.errors import Answerable, as_service_error
 from service.http.responses import JSONResponse
 
 logger = logging.getLogger("service.errors")
@@ -21,7 +20,7 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
-def render_error(scope: Scope, error: ServiceError | RepositoryError, level: int | None = None) -> JSONResponse:
+def render_error(scope: Scope, error: Answerable, level: int | None = None) -> JSONResponse:
     """The answer to ``error`` for the request of ``scope``, logged (INFO for a client's mistake, ERROR for ours)."""
     exc = as_service_error(error)
     if level is None:

@@ -87,8 +87,8 @@ def test_tf_normalisation_is_the_more_confident_on_expected_classes(found: list[
     import torch
 
     from export.models import load_model
+    from modelrepo.image_preprocess import preprocess
     from modelrepo.preprocess import Preprocess
-    from service.engine.preprocess import preprocess
 
     loaded = load_model("efficientnet_lite0", "DEFAULT")
     tf = loaded.preprocess

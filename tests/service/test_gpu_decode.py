@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from modelrepo.errors import ImageTooLarge, UndecodableImage
+from modelrepo.image_preprocess import Normalizer, preprocess
 from modelrepo.preprocess import Preprocess
 from service.engine.gpu_decode import JpegDecoder, JpegPayload
-from service.engine.preprocess import Normalizer, preprocess
-from service.errors import BadImage, PayloadTooLarge
 
 PP = Preprocess.from_params({}, [3, 224, 224])
 MAX_PIXELS = 40_000_000
@@ -88,7 +88,7 @@ def test_a_jpeg_no_decoder_reads_fails_alone_and_the_batch_goes_on(
     payloads = [dec.pre(good), JpegPayload(broken, 1, (451, 300)), dec.pre(good)]
     dtype = torch.float16 if device == "cuda" else torch.bfloat16
     out, failed = dec.collate(payloads, torch.device(device), dtype)
-    assert list(failed) == [1] and isinstance(failed[1], BadImage)
+    assert list(failed) == [1] and isinstance(failed[1], UndecodableImage)
     assert out.shape[0] == 2 and out.dtype == dtype  # the model's dtype, written in place
     assert torch.equal(out[0], out[1])
 
@@ -96,7 +96,7 @@ def test_a_jpeg_no_decoder_reads_fails_alone_and_the_batch_goes_on(
 def test_a_truncated_jpeg_is_refused_before_the_batch() -> None:
     dec = JpegDecoder(PP, MAX_PIXELS, cpu_pre())
     good = jpeg(skdata.coffee())
-    with pytest.raises(BadImage, match="truncated"):
+    with pytest.raises(UndecodableImage, match="truncated"):
         dec.pre(good[:3000])  # no EOI: Pillow decides (and refuses), never a grey-filled decode
 
 
@@ -110,12 +110,12 @@ def test_other_formats_and_bad_headers_take_the_cpu_path() -> None:
     cmyk = io.BytesIO()
     Image.fromarray(skdata.coffee()).convert("CMYK").save(cmyk, "JPEG")
     assert isinstance(dec.pre(cmyk.getvalue()), np.ndarray)  # nvJPEG's RGB output does not cover CMYK
-    with pytest.raises(BadImage):
+    with pytest.raises(UndecodableImage):
         dec.pre(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(BadImage):
+    with pytest.raises(UndecodableImage):
         dec.pre(b"")
     small = JpegDecoder(PP, 1000, pre)
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(ImageTooLarge):
         small.pre(jpeg(skdata.coffee()))  # the pixel limit holds before anything is decoded
 
 

@@ -12,10 +12,10 @@ import pytest
 from modelrepo.checkset import CHECK_FILE
 from modelrepo.config import read_config, set_params, write_config
 from modelrepo.errors import RepositoryError
+from modelrepo.image_preprocess import preprocess
 from modelrepo.preprocess import Preprocess
 from service.config import Settings
 from service.engine.manager import ModelManager
-from service.engine.preprocess import preprocess
 from service.metrics import Metrics
 from service.runtimes import LoadSpec
 

@@ -15,9 +15,9 @@ from PIL import Image, ImageFile, ImageOps
 from skimage import data as skdata
 from torchvision import transforms
 
+from modelrepo.errors import ImageTooLarge, UndecodableImage
+from modelrepo.image_preprocess import decode, exif_orientation, preprocess, preprocess_pil
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import decode, exif_orientation, preprocess, preprocess_pil
-from service.errors import BadImage, PayloadTooLarge
 
 PHOTOS = {"chelsea": skdata.chelsea, "coffee": skdata.coffee, "astronaut": skdata.astronaut, "rocket": skdata.rocket}
 IMAGENET = Preprocess()
@@ -277,11 +277,11 @@ def test_gif_first_frame_and_webp_bmp() -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(BadImage, match="empty"):
+    with pytest.raises(UndecodableImage, match="empty"):
         preprocess(b"", IMAGENET, max_pixels=10**9)
-    with pytest.raises(BadImage, match="identify"):
+    with pytest.raises(UndecodableImage, match="identify"):
         preprocess(b"not an image at all", IMAGENET, max_pixels=10**9)
-    with pytest.raises(BadImage):
+    with pytest.raises(UndecodableImage):
         preprocess(b"\xff\xd8\xff" + b"x" * 100, IMAGENET, max_pixels=10**9)  # JPEG magic only
 
 
@@ -290,7 +290,7 @@ def test_bad_inputs() -> None:
 def test_truncated_jpeg_is_bad_image(scale: int, progressive: bool) -> None:
     data = jpeg(photo("chelsea", scale), progressive=progressive)
     for cut in (len(data) // 2, len(data) - 10):
-        with pytest.raises(BadImage, match="truncated or corrupt"):
+        with pytest.raises(UndecodableImage, match="truncated or corrupt"):
             preprocess(data[:cut], IMAGENET, max_pixels=10**9)
 
 
@@ -299,9 +299,9 @@ def test_pixel_limit_checked_before_decoding() -> None:
     big = Image.new("L", (20000, 20000))
     buf = io.BytesIO()
     big.save(buf, "PNG")
-    with pytest.raises(PayloadTooLarge, match="pixels"):
+    with pytest.raises(ImageTooLarge, match="pixels"):
         decode(buf.getvalue(), IMAGENET, max_pixels=40_000_000)
-    with pytest.raises(PayloadTooLarge, match="pixels"):
+    with pytest.raises(ImageTooLarge, match="pixels"):
         preprocess(buf.getvalue(), IMAGENET, max_pixels=40_000_000)
 
 
@@ -321,5 +321,5 @@ def test_jpeg_pixel_limit_checked_before_decoding(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # what JpegImageFile.load is
-    with pytest.raises(PayloadTooLarge, match="60000x60000 = 3600000000 pixels"):
+    with pytest.raises(ImageTooLarge, match="60000x60000 = 3600000000 pixels"):
         preprocess(data, IMAGENET, max_pixels=40_000_000)

@@ -42,7 +42,7 @@ def test_exporter_writes_a_gated_torchscript_model(pt_repo: Path) -> None:
 
 def test_cpu_runtime_matches_onnx_runtime(pt_repo: Path, photos: dict[str, bytes]) -> None:
     """Identical top-5 and max |d logit| <= 1e-3 in FP32 on real photos."""
-    from service.engine.preprocess import preprocess
+    from modelrepo.image_preprocess import preprocess
 
     cfg = read_config(pt_repo / "resnet18")
     pp = Preprocess.from_params({k: v.string_value for k, v in cfg.parameters.items()}, [3, 224, 224])

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from modelrepo.image_preprocess import preprocess
 from modelrepo.preprocess import Preprocess
-from service.engine.preprocess import preprocess
 from tests.conftest import jpeg_bytes
 from tests.service.conftest import API_KEY, Server, start_server
 

@@ -16,7 +16,9 @@ Three shortcuts keep the same result while doing less work:
   differ from turning first by rounding only (the resample's two passes swap order).
 
 Everything here is blocking CPU work: callers run it in a worker thread (Pillow and numpy release
-the GIL).
+the GIL). It lives with the repository format, below the service and the exporter, because both must
+compute the same input for a model: the exporter's gates measure what the service will serve. An image
+that cannot be used raises ``modelrepo.errors.ImageError``; the service answers it 400 or 413.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from modelrepo.errors import ImageTooLarge, UndecodableImage
 from modelrepo.preprocess import Preprocess
-from service.errors import BadImage, PayloadTooLarge
 
 # We enforce our own pixel limit (before decoding); Pillow's global one would raise a different error.
 Image.MAX_IMAGE_PIXELS = None
@@ -78,23 +80,23 @@ class Stored(NamedTuple):
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Open (header only) and check the pixel count before anything is decoded."""
     if not data:
-        raise BadImage("empty image: the request part or body has no bytes")
+        raise UndecodableImage("empty image: the request part or body has no bytes")
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
-        raise BadImage(
+        raise UndecodableImage(
             "cannot identify the image format: send a JPEG, PNG, WebP, BMP or GIF file"
         ) from e
     except (OSError, SyntaxError, ValueError) as e:  # a header Pillow recognises but cannot read
-        raise BadImage(f"cannot read the image header (truncated or corrupt?): {e}") from e
+        raise UndecodableImage(f"cannot read the image header (truncated or corrupt?): {e}") from e
     w, h = img.size
     if w * h > max_pixels:
-        raise PayloadTooLarge(
+        raise ImageTooLarge(
             f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}: "
             "downscale it before sending (or raise --max-image-pixels)"
         )
     if w < 1 or h < 1:
-        raise BadImage(f"image has an empty size {w}x{h}")
+        raise UndecodableImage(f"image has an empty size {w}x{h}")
     return img
 
 
@@ -143,7 +145,7 @@ def decode_stored(data: bytes, pp: Preprocess, max_pixels: int) -> Stored:
         orientation = exif_orientation(img)
         return Stored(_to_rgb(img), orientation, size, scale)
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImage(f"image could not be decoded (truncated or corrupt?): {e}") from e
+        raise UndecodableImage(f"image could not be decoded (truncated or corrupt?): {e}") from e
 
 
 def decode(data: bytes, pp: Preprocess, max_pixels: int) -> Image.Image:
