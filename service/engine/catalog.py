@@ -11,13 +11,14 @@ a served version: never a runtime or a batcher. Nothing here imports a runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from modelrepo.errors import ImageError
 from modelrepo.preprocess import Preprocess
+from service.engine import wire
 from service.engine.lookup import lookup
 from service.engine.scores import Predictions
 from service.errors import BadImage, ServiceError, as_service_error
@@ -88,15 +89,14 @@ class ModelView:
     requested: tuple[str, str | None] = ("", None)
 
 
-def parse_view(d: dict[str, Any]) -> ModelView:
-    resize, crop, mean, std, interp = d["preprocess"]
+def parse_view(d: wire.ViewData) -> ModelView:
+    pp = d.preprocess
     return ModelView(
-        name=d["name"], version=int(d["version"]), labels=list(d["labels"]), default_timeout_s=float(d["timeout_s"]),
-        weights=d["weights"], input_shape=tuple(d["input_shape"]),
-        config=text_format.Parse(d["config"], mc.ModelConfig()), platform=d["platform"], decode=d["decode"],
-        load_id=d["load_id"],
-        preprocess=Preprocess(resize_shorter=resize, crop=crop, mean=tuple(mean), std=tuple(std),
-                              interpolation=interp),
+        name=d.name, version=d.version, labels=d.labels, default_timeout_s=d.timeout_s, weights=d.weights,
+        input_shape=d.input_shape, config=text_format.Parse(d.config, mc.ModelConfig()), platform=d.platform,
+        decode=d.decode, load_id=d.load_id,
+        preprocess=Preprocess(resize_shorter=pp.resize_shorter, crop=pp.crop, mean=pp.mean, std=pp.std,
+                              interpolation=pp.interpolation),
     )
 
 
@@ -112,12 +112,11 @@ class Catalog:
     loaded: dict[str, dict[int, ModelView]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, d: dict[str, Any]) -> Catalog:
+    def parse(cls, d: wire.CatalogData) -> Catalog:
         return cls(
-            gen=d["gen"], started=d["started"], not_ready=dict(d["not_ready"]), default=d["default"],
-            states=dict(d["states"]), routes={k: (v[0], v[1]) for k, v in d["routes"].items()},
-            fallbacks=dict(d["fallbacks"]),
-            loaded={n: {v.version: v for v in map(parse_view, vs)} for n, vs in d["loaded"].items()},
+            gen=d.status.gen, started=d.status.started, not_ready=d.status.not_ready, default=d.default,
+            states=d.states, routes=d.routes, fallbacks=d.fallbacks,
+            loaded={n: {v.version: v for v in map(parse_view, vs)} for n, vs in d.loaded.items()},
         )
 
     def get(self, name: str, version: str | None) -> ModelView:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.admission import Admission
-from service.engine.catalog import Classified, Predictions, image_error
+from service.engine.catalog import Classified, Predictions, ServedModel, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.engine.scores import predictions
@@ -96,7 +96,7 @@ class Engine:
         """Each served model's ``source.weights`` (latest version): whose predictions mean something."""
         return {n: i[-1].weights for n in self.manager.names() if (i := self.manager.instances(n))}
 
-    async def describe(self, name: str) -> dict[str, object]:
+    async def describe(self, name: str) -> dict[str, Any]:
         m = self.manager
         if name not in m.names():
             raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(m.names()) or 'none'}")
@@ -114,7 +114,7 @@ class Engine:
             latest["served_by"], latest["route"] = m.routes[name]
         return latest
 
-    async def load(self, name: str) -> dict[str, object]:
+    async def load(self, name: str) -> dict[str, Any]:
         await self.manager.load(name)
         return await self.describe(name)
 
@@ -129,9 +129,10 @@ class Engine:
                 m.child(m.queue_depth, name).set(inst.batcher.queue_depth)
 
     # -- the request protocol --------------------------------------------------------------------
-    async def classify(self, inst: ModelInstance, images: list[bytes], top_k: int, deadline: float) -> Classified:
+    async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float) -> Classified:
         """Each image's top-k, or the errors of the images that could not be decoded in their places
         (then nothing is run: the request is answered with the first one, 400 naming the image)."""
+        inst = _instance(model)
         if not images:
             return Classified([])
         admitted = inst.batcher.admit(len(images), deadline)
@@ -174,8 +175,9 @@ class Engine:
             queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])
         return Classified(results, queue_s, 0.0, compute_s)
 
-    async def infer(self, inst: ModelInstance, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
         """The (N, C) logits of a batch of model inputs, through admission and the dynamic batcher."""
+        inst = _instance(model)
         admitted = inst.batcher.admit(len(batch), deadline, decodes=False)
         with self._finished(inst, admitted):
             rows = await inst.batcher.run(list(batch), deadline, admitted=admitted)
@@ -203,3 +205,10 @@ class Engine:
         if isinstance(admitted, Admission):
             error = time.monotonic() - admitted.done_by
             self.metrics.child(self.metrics.estimate_error, inst.name).observe(error)
+
+
+def _instance(model: ServedModel) -> ModelInstance:
+    """The in-process engine's models are its ModelInstances (``Engine.model`` returns nothing else)."""
+    if not isinstance(model, ModelInstance):
+        raise TypeError(f"the in-process engine runs its own ModelInstance, got {type(model).__name__}")
+    return model

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from modelrepo.config import format_config
@@ -37,14 +36,14 @@ from service.metrics import Metrics
 
 logger = logging.getLogger("service.engine")
 
-def view_data(inst: ModelInstance) -> dict[str, Any]:
+def view_data(inst: ModelInstance) -> wire.ViewData:
     pp = inst.preprocess
-    return {
-        "name": inst.name, "version": inst.version, "labels": inst.labels, "timeout_s": inst.default_timeout_s,
-        "weights": inst.weights, "input_shape": list(inst.input_shape), "config": format_config(inst.config),
-        "platform": inst.platform, "decode": inst.decode, "load_id": inst.load_id,
-        "preprocess": [pp.resize_shorter, pp.crop, list(pp.mean), list(pp.std), pp.interpolation],
-    }
+    return wire.ViewData(
+        name=inst.name, version=inst.version, labels=inst.labels, timeout_s=inst.default_timeout_s,
+        weights=inst.weights, input_shape=tuple(inst.input_shape), config=format_config(inst.config),
+        platform=inst.platform, decode=inst.decode, load_id=inst.load_id,
+        preprocess=wire.PreprocessData(pp.resize_shorter, pp.crop, pp.mean, pp.std, pp.interpolation),
+    )
 
 
 def generation(manager: ModelManager) -> str:
@@ -54,24 +53,21 @@ def generation(manager: ModelManager) -> str:
                  sorted(manager.fallbacks.items())))
 
 
-def status(manager: ModelManager, started: bool) -> dict[str, Any]:
+def status(manager: ModelManager, started: bool) -> wire.Status:
     """The small part a front end polls: readiness and the generation of the full catalog."""
-    return {"gen": generation(manager), "started": started, "not_ready": manager.not_ready()}
+    return wire.Status(generation(manager), started, manager.not_ready())
 
 
-def snapshot(manager: ModelManager, started: bool) -> dict[str, Any]:
+def snapshot(manager: ModelManager, started: bool) -> wire.CatalogData:
     try:
         default: str | None = manager.default_model()
     except Exception:  # noqa: BLE001 - no model at all: requests get the manager's 404 through lookup
         default = None
-    return {
-        **status(manager, started),
-        "default": default,
-        "states": dict(manager.states),
-        "routes": {k: list(v) for k, v in manager.routes.items()},
-        "fallbacks": dict(manager.fallbacks),
-        "loaded": {n: [view_data(i) for i in manager.instances(n)] for n in manager.names()},
-    }
+    return wire.CatalogData(
+        status=status(manager, started), default=default, states=dict(manager.states), routes=dict(manager.routes),
+        fallbacks=dict(manager.fallbacks),
+        loaded={n: [view_data(i) for i in manager.instances(n)] for n in manager.names()},
+    )
 
 
 class _Connection:
@@ -129,7 +125,7 @@ class _Connection:
             self._send(wire.Reply(msg.id, error=wire.failure(e)))
             return
         self.admitted[msg.id] = (inst, admitted)
-        self._send(wire.Reply(msg.id, ok=[inst.name, inst.version]))
+        self._send(wire.Reply(msg.id, ok=wire.Admitted(inst.name, inst.version)))
 
     def _release(self, rid: int) -> None:
         held = self.admitted.pop(rid, None)
@@ -169,19 +165,18 @@ class _Connection:
                 done = await e.run_admitted(held[0], payloads, msg.top_k, msg.deadline, held[1])
             else:
                 done = await e.classify(e.model(msg.model, msg.version), payloads, msg.top_k, msg.deadline)
-            results = [None if isinstance(r, Exception) else r for r in done.results]
+            results = [None if isinstance(r, Exception) else wire.pairs(r) for r in done.results]
             errors = [wire.failure(r) if isinstance(r, Exception) else None for r in done.results]
-            ok = {"results": results, "queue_s": done.queue_s, "preprocess_s": done.preprocess_s,
-                  "compute_s": done.compute_s}
+            ok = wire.Scores(results, done.queue_s, done.preprocess_s, done.compute_s)
             return wire.Reply(msg.id, ok=ok, image_errors=errors if any(errors) else None)
         if isinstance(msg, wire.Infer):
             logits = await e.infer(e.model(msg.model, msg.version), self._payload(msg.batch), msg.deadline)
-            return wire.Reply(msg.id, ok={"logits": logits.tobytes(), "shape": list(logits.shape)})
+            return wire.Reply(msg.id, ok=wire.Logits(logits.tobytes(), tuple(logits.shape)))
         if isinstance(msg, wire.Call):
             return wire.Reply(msg.id, ok=await self._call(msg))
         raise BadRequest(f"unexpected message {type(msg).__name__}")
 
-    async def _call(self, msg: wire.Call) -> Any:
+    async def _call(self, msg: wire.Call) -> wire.Answer | None:
         e = self.engine
         if msg.op == "status":
             e.refresh_gauges()  # the front ends poll often: queue depths stay fresh in the merged /metrics
@@ -189,15 +184,13 @@ class _Connection:
         if msg.op == "catalog":
             return snapshot(e.manager, e.started)
         if msg.op == "describe":
-            return await e.describe(msg.name)
+            return wire.Described(await e.describe(msg.name))
         if msg.op == "statistics":
-            return msgspec.to_builtins(e.stats.snapshot())
+            return wire.Stats(e.stats.snapshot())
         if msg.op == "load":
-            return await e.load(msg.name)
-        if msg.op == "unload":
-            await e.unload(msg.name)
-            return None
-        raise BadRequest(f"unknown engine call {msg.op!r}")
+            return wire.Described(await e.load(msg.name))
+        await e.unload(msg.name)  # the last op Call allows
+        return None
 
 
 async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> None:

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -34,15 +34,16 @@ from modelrepo.image_preprocess import Normalizer, preprocess
 from service.config import Settings
 from service.engine import wire
 from service.engine.arena import Arena
-from service.engine.catalog import Catalog, Classified, ModelView, Predictions, image_error
+from service.engine.catalog import Catalog, Classified, ModelView, Predictions, ServedModel, image_error
 from service.engine.generation import GenerationCell
 from service.engine.statistics import ModelStat
-from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, ServiceError
+from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, RemoteError, ServiceError
 from service.metrics import Metrics
 
 logger = logging.getLogger("service.http")
 
 POLL_S = 0.25
+A = TypeVar("A", bound=wire.Answer)
 RECONNECT_S = 0.05
 
 
@@ -99,7 +100,7 @@ class RemoteEngine:
 
     async def _fetch_catalog(self) -> None:
         seen = self.cell.read()  # read first: a change during the fetch makes the next request fetch again
-        self.catalog = Catalog.parse(await self._call("catalog"))
+        self.catalog = Catalog.parse(await self._call("catalog", wire.CatalogData))
         self._synced = seen
         self._pre.clear()
 
@@ -156,11 +157,11 @@ class RemoteEngine:
     async def _poll(self) -> None:
         while True:
             with contextlib.suppress(ServiceError):
-                st = await self._call("status")
-                if st["gen"] != self.catalog.gen:
+                st = await self._call("status", wire.Status)
+                if st.gen != self.catalog.gen:
                     await self._fetch_catalog()
                 else:
-                    self.catalog.not_ready, self.catalog.started = dict(st["not_ready"]), st["started"]
+                    self.catalog.not_ready, self.catalog.started = st.not_ready, st.started
                 if self.down:
                     logger.info("connected to the engine process (%s)", self.path)
                 self.down = ""
@@ -184,8 +185,13 @@ class RemoteEngine:
             raise wire.raised(reply.error)
         return reply
 
-    async def _call(self, op: str, name: str = "") -> Any:
-        return (await self._request(wire.Call(next(self._ids), op, name))).ok
+    async def _call(self, op: wire.Op, kind: type[A], name: str = "") -> A:
+        """The engine's answer to ``op``, which must be a ``kind`` (else the two sides do not speak alike)."""
+        ok = (await self._request(wire.Call(next(self._ids), op, name))).ok
+        if not isinstance(ok, kind):
+            raise RemoteError(500, "internal_error", f"the engine answered {op!r} with {type(ok).__name__}, "
+                              f"not {kind.__name__}: front end and engine are different versions?")
+        return ok
 
     def _send(self, msg: wire.Message) -> None:
         if self._writer is not None:
@@ -232,18 +238,18 @@ class RemoteEngine:
 
     async def statistics(self) -> list[ModelStat]:
         """The engine process's: every front end's requests."""
-        return msgspec.convert(await self._call("statistics"), list[ModelStat])
+        return (await self._call("statistics", wire.Stats)).models
 
-    async def describe(self, name: str) -> Any:
-        return await self._call("describe", name)
+    async def describe(self, name: str) -> dict[str, Any]:
+        return (await self._call("describe", wire.Described, name)).model
 
-    async def load(self, name: str) -> Any:
-        out = await self._call("load", name)
+    async def load(self, name: str) -> dict[str, Any]:
+        out = await self._call("load", wire.Described, name)
         await self._fetch_catalog()
-        return out
+        return out.model
 
     async def unload(self, name: str) -> None:
-        await self._call("unload", name)
+        await self._request(wire.Call(next(self._ids), "unload", name))
         await self._fetch_catalog()
 
     def refresh_gauges(self) -> None:
@@ -277,14 +283,15 @@ class RemoteEngine:
                                      normalizer=Normalizer(pp))
         return self._pre[key]
 
-    async def classify(self, view: ModelView, images: list[bytes], top_k: int, deadline: float) -> Classified:
+    async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float) -> Classified:
+        view = _view(model)
         if not images:
             return Classified([])
         name, version = view.requested
         if not self._pixels(view):
             blobs, regions = self._blobs(list(images))
             reply = await self._request(wire.Classify(next(self._ids), name, version, top_k, deadline, blobs), regions)
-            return _classified(reply)
+            return _classified(reply, view.labels)
         rid = next(self._ids)
         await self._request(wire.Admit(rid, name, version, len(images), deadline))
         submitted = False
@@ -302,24 +309,37 @@ class RemoteEngine:
             blobs, regions = self._blobs(list(outcome))
             submitted = True
             msg = wire.Classify(rid, name, version, top_k, deadline, blobs, admitted=True)
-            done = _classified(await self._request(msg, regions))
+            done = _classified(await self._request(msg, regions), view.labels)
         finally:
             if not submitted:
                 self._send(wire.Release(rid))
         done.preprocess_s = preprocess_s
         return done
 
-    async def infer(self, view: ModelView, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
+        view = _view(model)
         name, version = view.requested
         blobs, regions = self._blobs([np.ascontiguousarray(batch, dtype=np.float32)])
-        reply = await self._request(wire.Infer(next(self._ids), name, version, deadline, blobs[0]), regions)
-        return np.frombuffer(reply.ok["logits"], dtype=np.float32).reshape(reply.ok["shape"])
+        ok = (await self._request(wire.Infer(next(self._ids), name, version, deadline, blobs[0]), regions)).ok
+        assert isinstance(ok, wire.Logits)
+        return np.frombuffer(ok.data, dtype=np.float32).reshape(ok.shape)
 
 
-def _classified(reply: wire.Reply) -> Classified:
+def _view(model: ServedModel) -> ModelView:
+    """A front end's models are views of its catalog (``RemoteEngine.model`` returns nothing else)."""
+    if not isinstance(model, ModelView):
+        raise TypeError(f"the socket transport sends requests for its catalog's ModelView, got {type(model).__name__}")
+    return model
+
+
+def _classified(reply: wire.Reply, labels: list[str]) -> Classified:
     ok = reply.ok
-    errors = reply.image_errors or [None] * len(ok["results"])
-    results: list[Predictions | ServiceError] = [
-        wire.raised(f) if f is not None else r for r, f in zip(ok["results"], errors, strict=True)
-    ]
-    return Classified(results, ok["queue_s"], ok["preprocess_s"], ok["compute_s"])
+    assert isinstance(ok, wire.Scores)
+    errors = reply.image_errors or [None] * len(ok.results)
+    results: list[Predictions | ServiceError] = []
+    for pairs, f in zip(ok.results, errors, strict=True):
+        if f is not None or pairs is None:
+            results.append(wire.raised(f) if f is not None else RemoteError(500, "internal_error", "no answer"))
+        else:
+            results.append([{"index": i, "label": labels[i], "score": score} for i, score in pairs])
+    return Classified(results, ok.queue_s, ok.preprocess_s, ok.compute_s)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import msgspec
 
+from service.engine.statistics import ModelStat
 from service.errors import Answerable, RemoteError, as_service_error
 
 #: largest frame accepted: an inline image is at most --max-upload-bytes; the rest is small
@@ -89,12 +90,101 @@ class Infer(msgspec.Struct, tag=True):
     batch: Blob
 
 
+#: what a ``Call`` may ask
+Op = Literal["status", "catalog", "describe", "load", "unload", "statistics"]
+
+
 class Call(msgspec.Struct, tag=True):
-    """Model management and status: ``catalog``, ``describe``, ``load``, ``unload``."""
+    """Model management and status."""
 
     id: int
-    op: str
+    op: Op
     name: str = ""
+
+
+# -- what the engine answers (``Reply.ok``): typed, never a dict of strings ---------------------------
+class PreprocessData(msgspec.Struct, array_like=True):
+    resize_shorter: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+
+class ViewData(msgspec.Struct):
+    """What a front end may know of a served version (``service.engine.catalog.ModelView``)."""
+
+    name: str
+    version: int
+    labels: list[str]
+    timeout_s: float
+    weights: str
+    input_shape: tuple[int, ...]
+    #: config.pbtxt as text (a protobuf message does not travel as msgpack)
+    config: str
+    platform: str
+    decode: str
+    load_id: str
+    preprocess: PreprocessData
+
+
+class Status(msgspec.Struct, tag=True):
+    """What a front end polls: readiness, and the generation of the full catalog."""
+
+    gen: str
+    started: bool
+    not_ready: dict[str, str]
+
+
+class CatalogData(msgspec.Struct, tag=True):
+    status: Status
+    default: str | None
+    states: dict[str, str]
+    routes: dict[str, tuple[str, str]]
+    fallbacks: dict[str, str]
+    loaded: dict[str, list[ViewData]]
+
+
+class Admitted(msgspec.Struct, tag=True):
+    """An ``Admit`` granted: the version that will serve it."""
+
+    model: str
+    version: int
+
+
+class Scores(msgspec.Struct, tag=True):
+    """A ``Classify``'s answer: per image, its top-k as (class index, score) pairs, best first (None where
+    the image has its own error in ``Reply.image_errors``); the labels are in the front end's catalog."""
+
+    results: list[list[tuple[int, float]] | None]
+    queue_s: float
+    preprocess_s: float
+    compute_s: float
+
+
+class Logits(msgspec.Struct, tag=True):
+    """An ``Infer``'s answer: float32 logits, row-major."""
+
+    data: bytes
+    shape: tuple[int, ...]
+
+
+class Stats(msgspec.Struct, tag=True):
+    models: list[ModelStat]
+
+
+class Described(msgspec.Struct, tag=True):
+    """``describe`` / ``load``: the model as ``GET /models/{name}`` shows it (its JSON, as it is rendered)."""
+
+    model: dict[str, Any]
+
+
+Answer = Admitted | Scores | Logits | Status | CatalogData | Stats | Described
+
+
+def pairs(predictions: list[dict[str, object]]) -> list[tuple[int, float]]:
+    """An image's predictions as they travel: (class index, score), best first."""
+    return [(cast(int, p["index"]), cast(float, p["score"])) for p in predictions]
 
 
 class Failure(msgspec.Struct, array_like=True):
@@ -108,7 +198,7 @@ class Failure(msgspec.Struct, array_like=True):
 
 class Reply(msgspec.Struct, tag=True):
     id: int
-    ok: Any = None
+    ok: Answer | None = None
     error: Failure | None = None
     #: per image: its own error (an undecodable image), None where it has predictions in ``ok``
     image_errors: list[Failure | None] | None = None

@@ -30,6 +30,7 @@ from service.engine.client import EngineClient
 from service.engine.engine import Engine
 from service.engine.manager import ModelManager
 from service.engine.process import snapshot
+from service.engine.wire import CatalogData
 from service.metrics import Metrics
 from service.runtimes import LoadSpec
 
@@ -137,8 +138,8 @@ async def test_the_reason_reaches_a_front_end_of_processes_2(tmp_path: Path) -> 
     m = ModelManager(settings(repo), Metrics())
     await m.load_all()
     try:
-        wire = msgspec.msgpack.decode(msgspec.msgpack.encode(snapshot(m, started=True)))
-        catalog = Catalog.parse(wire)
+        sent = msgspec.msgpack.decode(msgspec.msgpack.encode(snapshot(m, started=True)), type=CatalogData)
+        catalog = Catalog.parse(sent)
         assert "is refused here" in catalog.not_ready["tiny_int8"]
         assert catalog.states["tiny_int8"] == m.states["tiny_int8"]
         served = msgspec.msgpack.decode(msgspec.msgpack.encode(m.get("other_int8").describe()))
