@@ -89,6 +89,9 @@ def summarise(runs: dict[int, list[list[dict[str, Any]]]], concurrency: list[int
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not (args.repo / args.model / "config.pbtxt").is_file():  # else each server waits out --ready-timeout
+        raise SystemExit(f"no model {args.model!r} in {args.repo} (no {args.model}/config.pbtxt): export it first, "
+                         f"e.g. python -m export --arch {args.model} --repo {args.repo}")
     find_wrk()
     runs: dict[int, list[list[dict[str, Any]]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="bench-processes-") as tmp:

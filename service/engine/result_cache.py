@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Protocol
 
+from service.engine.catalog import ServedModel
 from service.engine.scores import Predictions
 
 Key = tuple[bytes, str, int, str, int]
-
-
-class Loaded(Protocol):
-    """What the key names of the model version that answered."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def load_id(self) -> str: ...
 
 
 class ResultCache:
@@ -35,7 +24,7 @@ class ResultCache:
         return self.max_entries > 0
 
     @staticmethod
-    def key(data: bytes, model: Loaded, top_k: int) -> Key:
+    def key(data: bytes, model: ServedModel, top_k: int) -> Key:
         return (hashlib.blake2b(data, digest_size=20).digest(), model.name, model.version, model.load_id, top_k)
 
     def get(self, key: Key) -> Predictions | None:
