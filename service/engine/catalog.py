@@ -20,18 +20,7 @@ from modelrepo.errors import ImageError
 from modelrepo.preprocess import Preprocess
 from service.engine import wire
 from service.engine.lookup import lookup
-from service.engine.scores import Predictions
 from service.errors import BadImage, ServiceError, as_service_error
-
-
-@dataclass
-class Classified:
-    """One classify call's answer: per image (in the order sent) its predictions or its own error."""
-
-    results: list[Predictions | ServiceError]
-    queue_s: float = 0.0
-    preprocess_s: float = 0.0
-    compute_s: float = 0.0
 
 
 def image_error(err: BaseException) -> ServiceError:

@@ -13,47 +13,25 @@ socket and shared memory. Where images are decoded is the transport's business (
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from service.config import Settings
-from service.engine.catalog import Classified, Predictions, ServedModel
+from service.engine.catalog import ServedModel, image_error
 from service.engine.result_cache import ResultCache
+from service.engine.scores import Predictions, predictions
 from service.engine.statistics import ModelStat
+from service.engine.transport import Ran, Transport
 from service.errors import ANSWERABLE, Answerable, ServiceError, as_service_error
 from service.metrics import Metrics
 from service.runtimes.registry import require
-
-
-class Transport(Protocol):
-    """What carries the client's calls to the engine: resolve a model, run a request through admit -> pre
-    -> run -> post -> release, manage models. Errors are ServiceErrors."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    #: before a request resolves its model: catch up with what the engine serves now (a no-op in-process)
-    async def sync(self) -> None: ...
-    def default_model(self) -> str: ...
-    def knows(self, name: str) -> bool: ...
-    def model(self, name: str | None, version: str | None) -> ServedModel: ...
-    def versions(self, name: str) -> list[int]: ...
-    def not_ready(self) -> dict[str, str]: ...
-    def names(self) -> list[str]: ...
-    def weights(self) -> dict[str, str]: ...
-    async def describe(self, name: str) -> dict[str, Any]: ...
-    async def load(self, name: str) -> dict[str, Any]: ...
-    async def unload(self, name: str) -> None: ...
-    def refresh_gauges(self) -> None: ...
-    async def statistics(self) -> list[ModelStat]: ...
-    #: ``model``: what this transport's ``model`` returned
-    async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float) -> Classified: ...
-    async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray: ...
 
 
 @dataclass
@@ -87,6 +65,10 @@ class Answer:
     compute_s: float = 0.0
 
 
+#: the place of an image that was not run because another image of its request could not be decoded
+_NOT_RUN = np.empty(0, dtype=np.float32)
+
+
 def _named(err: ServiceError, i: int, filename: str | None) -> ServiceError:
     """An image's own error, named by its index (and file name) in the request."""
     err.message = f"image {i}" + (f" ({filename})" if filename else "") + f": {err.message}"
@@ -96,16 +78,17 @@ def _named(err: ServiceError, i: int, filename: str | None) -> ServiceError:
 class EngineClient:
     """Every protocol's engine: one per front end process."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, transport: Transport | None = None) -> None:
-        """``transport``: built from ``settings`` on first use when None (``build_transport``). A runtime
-        the settings ask for that cannot run here (``--runtime openvino`` without OpenVINO) fails here, at
-        start, with the reason (ConfigError)."""
+    def __init__(self, settings: Settings, metrics: Metrics, transport: Transport | None = None,
+                 pool: ThreadPoolExecutor | None = None) -> None:
+        """``transport``: built from ``settings`` on first use when None (``build_transport``); ``pool``:
+        the threads of the pre step (made on first use when None). A runtime the settings ask for that
+        cannot run here (``--runtime openvino`` without OpenVINO) fails here, at start, with the reason."""
         require(settings.runtime)
         self.settings, self.metrics = settings, metrics
         self.cache = ResultCache(settings.cache_size)
         #: SIGTERM: readiness turns 503 at once while in-flight requests finish
         self.draining = False
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = pool
         self._transport = transport
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -193,11 +176,45 @@ class EngineClient:
         await self.transport.unload(name)
         self.cache.drop_model(name)
 
-    # -- inference -------------------------------------------------------------------------------
+    # -- inference: admit -> pre -> run -> post -> release, once for every protocol and transport ----
+    async def logits(self, model: ServedModel, images: list[bytes], deadline: float) -> Ran:
+        """Each image's logits row, or the errors of the images that could not be decoded in their places
+        (then nothing is run). Admission comes first: an overloaded model sheds a request before it costs
+        any CPU (503 + Retry-After); then the pre step (here, or in the engine: the transport says where),
+        the run, and the reserved room given back on every path that does not run."""
+        if not images:
+            return Ran([])
+        t = self.transport
+        pre = t.pre_step(model)
+        ticket = await t.admit(model, len(images), deadline, decodes=pre is not None)
+        submitted = False
+        try:
+            payloads: list[Any] = list(images)
+            preprocess_s = 0.0
+            if pre is not None:
+                t0 = time.monotonic()
+                loop = asyncio.get_running_loop()
+                outcome = await asyncio.gather(*(loop.run_in_executor(self.pool, pre, d) for d in images),
+                                               return_exceptions=True)
+                preprocess_s = time.monotonic() - t0
+                self.metrics.child(self.metrics.preprocess_duration, model.name).observe(preprocess_s)
+                if any(isinstance(r, BaseException) for r in outcome):
+                    return Ran([image_error(r) if isinstance(r, BaseException) else _NOT_RUN for r in outcome],
+                               preprocess_s=preprocess_s)
+                payloads = list(outcome)
+            submitted = True
+            ran = await t.run(ticket, payloads)
+        finally:
+            if not submitted:
+                t.release(ticket)
+        ran.preprocess_s += preprocess_s
+        return ran
+
     async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float,
                        filenames: list[str | None] | None = None) -> Answer:
-        """Each image's top-k softmax probabilities, through the result cache and the engine; the first
-        image that cannot be decoded fails the request, named by its index (and file name)."""
+        """Each image's top-k softmax probabilities (``service.engine.scores``), through the result cache
+        and the engine; the first image that cannot be decoded fails the request, named by its index (and
+        file name)."""
         cache, metrics = self.cache, self.metrics
         names = filenames or [None] * len(images)
         rows: list[Predictions | None] = [None] * len(images)
@@ -210,21 +227,31 @@ class EngineClient:
                 metrics.child(metrics.cache, model.name, "hit" if rows[i] is not None else "miss").inc()
                 if rows[i] is None:
                     todo.append(i)
-        done = await self.transport.classify(model, [images[i] for i in todo], top_k, deadline)
-        for i, res in zip(todo, done.results, strict=True):
-            if isinstance(res, ServiceError):
-                raise _named(res, i, names[i])
-            rows[i] = res
+        ran = await self.logits(model, [images[i] for i in todo], deadline)
+        logits: list[np.ndarray] = []
+        for i, row in zip(todo, ran.rows, strict=True):
+            if isinstance(row, ServiceError):
+                raise _named(row, i, names[i])
+            logits.append(row)
+        for i, top in zip(todo, predictions(logits, top_k, model.labels), strict=True):
+            rows[i] = top
             if cache.enabled:
-                cache.put(keys[i], res)
+                cache.put(keys[i], top)
         metrics.child(metrics.images, model.name, str(model.version)).inc(len(images))
-        return Answer([r for r in rows if r is not None], done.queue_s, done.preprocess_s, done.compute_s)
+        return Answer([r for r in rows if r is not None], ran.queue_s, ran.preprocess_s, ran.compute_s)
 
     async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
-        """The (N, C) logits of a batch of model inputs."""
-        logits = await self.transport.infer(model, batch, deadline)
-        self.metrics.child(self.metrics.images, model.name, str(model.version)).inc(len(logits))
-        return logits
+        """The (N, C) logits of a batch of model inputs: admitted (no pre step), run."""
+        t = self.transport
+        ticket = await t.admit(model, len(batch), deadline, decodes=False)
+        ran = await t.run(ticket, list(batch))
+        logits: list[np.ndarray] = []
+        for row in ran.rows:
+            if isinstance(row, ServiceError):
+                raise row
+            logits.append(row)
+        self.metrics.child(self.metrics.images, model.name, str(model.version)).inc(len(batch))
+        return np.stack(logits).astype(np.float32, copy=False)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     @contextlib.contextmanager

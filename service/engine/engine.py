@@ -1,32 +1,28 @@
-"""The one request protocol every route calls: admit -> pre -> run -> post -> release.
+"""The engine in this process: the engine client's in-process transport (``service.engine.transport``).
 
-``/classify`` and KServe v2 ``infer`` both go through an ``Engine``: admission first (an overloaded
-model sheds a request before it costs any CPU: 503 + Retry-After), then the model's pre step for each
-image on the preprocessing pool, the dynamic batcher, the post step (softmax, top-k, labels), and the
-reserved queue room released on every path. Routes parse and render; they never touch a batcher.
-
-With ``--processes 1`` the engine lives in the HTTP process and this object is called directly.
+It owns the models (``ModelManager``) and offers the request's steps the client sequences: admission
+(deadline-aware, per model), the model's pre step, the run through the dynamic batcher, the release of
+unused room; and the statistics of what it ran. With ``--processes 1`` the HTTP front end's client calls
+it directly; with ``--processes N`` the engine process serves it to the front ends
+(``service.engine.process``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-import numpy as np
-
 from service.engine.admission import Admission
-from service.engine.catalog import Classified, Predictions, ServedModel, image_error
+from service.engine.catalog import ServedModel, image_error
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
-from service.engine.scores import predictions
 from service.engine.statistics import ModelStat, Statistics
-from service.errors import ANSWERABLE, DeadlineExceeded, ModelNotFound, ModelNotReady, ServiceError
+from service.engine.transport import Ran, Ticket
+from service.errors import ANSWERABLE, DeadlineExceeded, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 
 logger = logging.getLogger("service.engine")
@@ -128,60 +124,29 @@ class Engine:
             for inst in self.manager.instances(name):
                 m.child(m.queue_depth, name).set(inst.batcher.queue_depth)
 
-    # -- the request protocol --------------------------------------------------------------------
-    async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float) -> Classified:
-        """Each image's top-k, or the errors of the images that could not be decoded in their places
-        (then nothing is run: the request is answered with the first one, 400 naming the image)."""
-        inst = _instance(model)
-        if not images:
-            return Classified([])
-        admitted = inst.batcher.admit(len(images), deadline)
-        submitted = False
-        try:
-            t_pre = time.monotonic()
-            loop = asyncio.get_running_loop()
-            jobs = [loop.run_in_executor(self.pool, inst.pipeline.pre, data) for data in images]
-            outcome = await asyncio.gather(*jobs, return_exceptions=True)
-            preprocess_s = time.monotonic() - t_pre
-            self.metrics.child(self.metrics.preprocess_duration, inst.name).observe(preprocess_s)
-            if any(isinstance(res, BaseException) for res in outcome):
-                self.stats.record(inst.name, inst.version, False, time.monotonic() - admitted.at)
-                return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
-                                  preprocess_s=preprocess_s)
-            submitted = True
-            done = await self.run_admitted(inst, list(outcome), top_k, deadline, admitted)
-        finally:
-            if not submitted:
-                inst.batcher.release(len(images))
-        done.preprocess_s = preprocess_s
-        return done
+    # -- the request's steps (the protocol is the client's: service.engine.client) -----------------
+    def pre_step(self, model: ServedModel) -> Callable[[bytes], object]:
+        """The model's pre step: decode + preprocess (a CUDA model's: the JPEG header's checks)."""
+        return _instance(model).pipeline.pre
 
-    async def run_admitted(self, inst: ModelInstance, payloads: list[Any], top_k: int,
-                           deadline: float, admitted: Admission | bool = True) -> Classified:
-        """run -> post for payloads already admitted (``admitted``: what ``inst.batcher.admit`` returned)
-        and preprocessed."""
+    async def admit(self, model: ServedModel, n: int, deadline: float, decodes: bool) -> Ticket:
+        """Queue room for ``n`` payloads, deadline-aware (503 + Retry-After when it cannot be had)."""
+        inst = _instance(model)
+        return Ticket(inst, n, deadline, inst.batcher.admit(n, deadline, decodes))
+
+    def release(self, ticket: Ticket) -> None:
+        _instance(ticket.model).batcher.release(ticket.n)
+
+    async def run(self, ticket: Ticket, payloads: list[Any]) -> Ran:
+        """Admitted payloads through the dynamic batcher: one logits row each, or its own error."""
+        inst = _instance(ticket.model)
+        admitted = ticket.handle if isinstance(ticket.handle, Admission) else True
         with self._finished(inst, admitted):
-            answers = await inst.batcher.run_each(payloads, deadline, admitted=admitted)
+            answers = await inst.batcher.run_each(payloads, ticket.deadline, admitted=admitted)
         self.metrics.child(self.metrics.queue_depth, inst.name).set(inst.batcher.queue_depth)
-        results: list[Predictions | ServiceError] = []
-        done = [res for res in answers if not isinstance(res, BaseException)]
-        queue_s = compute_s = 0.0
-        preds = iter(predictions([res[0] for res in done], top_k, inst.labels))
-        for res in answers:
-            if isinstance(res, BaseException):  # decoding on the device failed for this image alone
-                results.append(image_error(res))
-                continue
-            results.append(next(preds))
-            queue_s, compute_s = max(queue_s, res[1]), max(compute_s, res[2])
-        return Classified(results, queue_s, 0.0, compute_s)
-
-    async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
-        """The (N, C) logits of a batch of model inputs, through admission and the dynamic batcher."""
-        inst = _instance(model)
-        admitted = inst.batcher.admit(len(batch), deadline, decodes=False)
-        with self._finished(inst, admitted):
-            rows = await inst.batcher.run(list(batch), deadline, admitted=admitted)
-        return np.stack([r[0] for r in rows]).astype(np.float32, copy=False)
+        done = [a for a in answers if not isinstance(a, BaseException)]
+        return Ran([image_error(a) if isinstance(a, BaseException) else a[0] for a in answers],
+                   max((a[1] for a in done), default=0.0), max((a[2] for a in done), default=0.0))
 
     @contextlib.contextmanager
     def _finished(self, inst: ModelInstance, admitted: Admission | bool) -> Iterator[None]:

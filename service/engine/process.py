@@ -27,11 +27,13 @@ from service.config import Settings
 from service.engine import wire
 from service.engine.admission import Admission
 from service.engine.arena import ArenaView
+from service.engine.client import EngineClient
 from service.engine.engine import Engine
 from service.engine.generation import GenerationCell
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
-from service.errors import ANSWERABLE, BadRequest
+from service.engine.transport import Ran, Ticket
+from service.errors import ANSWERABLE, BadRequest, ServiceError
 from service.metrics import Metrics
 
 logger = logging.getLogger("service.engine")
@@ -70,11 +72,22 @@ def snapshot(manager: ModelManager, started: bool) -> wire.CatalogData:
     )
 
 
+def _rows(rid: int, ran: Ran) -> wire.Reply:
+    ok = [r for r in ran.rows if isinstance(r, np.ndarray)]
+    classes = ok[0].shape[-1] if ok else 0
+    rows = [r if isinstance(r, np.ndarray) else np.zeros(classes, np.float32) for r in ran.rows]
+    data = np.stack(rows).astype("<f4", copy=False).tobytes() if rows and classes else b""
+    errors = [wire.failure(r) if isinstance(r, ServiceError) else None for r in ran.rows]
+    return wire.Reply(rid, ok=wire.Rows(data, classes, ran.queue_s, ran.compute_s, ran.preprocess_s),
+                      image_errors=errors if any(errors) else None)
+
+
 class _Connection:
     """One front end: its arena, its admissions, its requests in flight."""
 
-    def __init__(self, engine: Engine, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.engine, self.reader, self.writer = engine, reader, writer
+    def __init__(self, engine: Engine, client: EngineClient, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.engine, self.client, self.reader, self.writer = engine, client, reader, writer
         self.view: ArenaView | None = None
         self.admitted: dict[int, tuple[ModelInstance, Admission]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -155,26 +168,26 @@ class _Connection:
         return blob.data if blob.data is not None else self.view.bytes(blob.offset, blob.size)
 
     async def _dispatch(self, msg: wire.Message) -> wire.Reply:
-        e = self.engine
-        if isinstance(msg, wire.Classify):
-            payloads = [self._payload(b) for b in msg.images]
-            if msg.admitted:
-                held = self.admitted.pop(msg.id, None)
-                if held is None:
-                    raise BadRequest(f"classify {msg.id} was not admitted")
-                done = await e.run_admitted(held[0], payloads, msg.top_k, msg.deadline, held[1])
-            else:
-                done = await e.classify(e.model(msg.model, msg.version), payloads, msg.top_k, msg.deadline)
-            results = [None if isinstance(r, Exception) else wire.pairs(r) for r in done.results]
-            errors = [wire.failure(r) if isinstance(r, Exception) else None for r in done.results]
-            ok = wire.Scores(results, done.queue_s, done.preprocess_s, done.compute_s)
-            return wire.Reply(msg.id, ok=ok, image_errors=errors if any(errors) else None)
-        if isinstance(msg, wire.Infer):
-            logits = await e.infer(e.model(msg.model, msg.version), self._payload(msg.batch), msg.deadline)
-            return wire.Reply(msg.id, ok=wire.Logits(logits.tobytes(), tuple(logits.shape)))
+        if isinstance(msg, wire.Run):
+            return _rows(msg.id, await self._run(msg))
         if isinstance(msg, wire.Call):
             return wire.Reply(msg.id, ok=await self._call(msg))
         raise BadRequest(f"unexpected message {type(msg).__name__}")
+
+    async def _run(self, msg: wire.Run) -> Ran:
+        """Admitted pixels run; model inputs are admitted, then run; encoded images take the whole request
+        protocol here, through the engine's own client (admit, decode in the engine's pool, run)."""
+        e, payloads = self.engine, [self._payload(b) for b in msg.payloads]
+        if msg.admitted:
+            held = self.admitted.pop(msg.id, None)
+            if held is None:
+                raise BadRequest(f"run {msg.id} was not admitted")
+            inst, admission = held
+            return await e.run(Ticket(inst, admission.n, msg.deadline, admission), payloads)
+        inst = e.model(msg.model, msg.version)
+        if payloads and all(isinstance(p, np.ndarray) for p in payloads):
+            return await e.run(await e.admit(inst, len(payloads), msg.deadline, decodes=False), payloads)
+        return await self.client.logits(inst, payloads, msg.deadline)
 
     async def _call(self, msg: wire.Call) -> wire.Answer | None:
         e = self.engine
@@ -198,6 +211,8 @@ async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> N
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="preprocess")
     manager = ModelManager(settings, metrics)
     engine = Engine(manager, pool, metrics)
+    #: encoded images sent to the engine take the request protocol here, over the in-process transport
+    client = EngineClient(settings.model_copy(update={"cache_size": 0}), metrics, transport=engine, pool=pool)
     cell = GenerationCell(path.parent)
     cell.write(manager.changes)
     manager.on_change.append(cell.write)
@@ -208,7 +223,7 @@ async def serve_engine(settings: Settings, path: Path, stop: asyncio.Event) -> N
         assert task is not None
         conns.add(task)
         try:
-            await _Connection(engine, reader, writer).run()
+            await _Connection(engine, client, reader, writer).run()
         finally:
             conns.discard(task)
 

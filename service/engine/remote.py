@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import logging
 import os
-import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
@@ -34,9 +34,10 @@ from modelrepo.image_preprocess import Normalizer, preprocess
 from service.config import Settings
 from service.engine import wire
 from service.engine.arena import Arena
-from service.engine.catalog import Catalog, Classified, ModelView, Predictions, ServedModel, image_error
+from service.engine.catalog import Catalog, ModelView, ServedModel
 from service.engine.generation import GenerationCell
 from service.engine.statistics import ModelStat
+from service.engine.transport import Ran, Ticket
 from service.errors import ConfigError, EngineUnavailable, ModelNotFound, ModelNotReady, RemoteError, ServiceError
 from service.metrics import Metrics
 
@@ -283,46 +284,35 @@ class RemoteEngine:
                                      normalizer=Normalizer(pp))
         return self._pre[key]
 
-    async def classify(self, model: ServedModel, images: list[bytes], top_k: int, deadline: float) -> Classified:
+    # -- the request's steps (the protocol is the client's: service.engine.client) -----------------
+    def pre_step(self, model: ServedModel) -> Callable[[bytes], object] | None:
+        """Pixels mode (``--ipc-payload``, a CPU-decoded model by default): this front end decodes and
+        preprocesses, after an ``Admit``; bytes mode: None, the engine admits on the run's arrival and
+        decodes in its batch (a GPU-decode model)."""
         view = _view(model)
-        if not images:
-            return Classified([])
-        name, version = view.requested
-        if not self._pixels(view):
-            blobs, regions = self._blobs(list(images))
-            reply = await self._request(wire.Classify(next(self._ids), name, version, top_k, deadline, blobs), regions)
-            return _classified(reply, view.labels)
-        rid = next(self._ids)
-        await self._request(wire.Admit(rid, name, version, len(images), deadline))
-        submitted = False
-        try:
-            t0 = time.monotonic()
-            loop = asyncio.get_running_loop()
-            pre = self._preprocessor(view)
-            outcome = await asyncio.gather(*(loop.run_in_executor(self.pool, pre, d) for d in images),
-                                           return_exceptions=True)
-            preprocess_s = time.monotonic() - t0
-            self.metrics.child(self.metrics.preprocess_duration, view.name).observe(preprocess_s)
-            if any(isinstance(r, BaseException) for r in outcome):
-                return Classified([image_error(r) if isinstance(r, BaseException) else [] for r in outcome],
-                                  preprocess_s=preprocess_s)
-            blobs, regions = self._blobs(list(outcome))
-            submitted = True
-            msg = wire.Classify(rid, name, version, top_k, deadline, blobs, admitted=True)
-            done = _classified(await self._request(msg, regions), view.labels)
-        finally:
-            if not submitted:
-                self._send(wire.Release(rid))
-        done.preprocess_s = preprocess_s
-        return done
+        return self._preprocessor(view) if self._pixels(view) else None
 
-    async def infer(self, model: ServedModel, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def admit(self, model: ServedModel, n: int, deadline: float, decodes: bool) -> Ticket:
         view = _view(model)
+        if not decodes:  # nothing costs CPU here before the engine admits it with the run
+            return Ticket(view, n, deadline)
+        rid = next(self._ids)
         name, version = view.requested
-        blobs, regions = self._blobs([np.ascontiguousarray(batch, dtype=np.float32)])
-        ok = (await self._request(wire.Infer(next(self._ids), name, version, deadline, blobs[0]), regions)).ok
-        assert isinstance(ok, wire.Logits)
-        return np.frombuffer(ok.data, dtype=np.float32).reshape(ok.shape)
+        await self._request(wire.Admit(rid, name, version, n, deadline))
+        return Ticket(view, n, deadline, rid)
+
+    def release(self, ticket: Ticket) -> None:
+        if isinstance(ticket.handle, int):
+            self._send(wire.Release(ticket.handle))
+
+    async def run(self, ticket: Ticket, payloads: list[Any]) -> Ran:
+        view = _view(ticket.model)
+        name, version = view.requested
+        admitted = isinstance(ticket.handle, int)
+        rid = ticket.handle if isinstance(ticket.handle, int) else next(self._ids)
+        blobs, regions = self._blobs(payloads)
+        reply = await self._request(wire.Run(rid, name, version, ticket.deadline, blobs, admitted), regions)
+        return _ran(reply)
 
 
 def _view(model: ServedModel) -> ModelView:
@@ -332,14 +322,15 @@ def _view(model: ServedModel) -> ModelView:
     return model
 
 
-def _classified(reply: wire.Reply, labels: list[str]) -> Classified:
+def _ran(reply: wire.Reply) -> Ran:
     ok = reply.ok
-    assert isinstance(ok, wire.Scores)
-    errors = reply.image_errors or [None] * len(ok.results)
-    results: list[Predictions | ServiceError] = []
-    for pairs, f in zip(ok.results, errors, strict=True):
-        if f is not None or pairs is None:
-            results.append(wire.raised(f) if f is not None else RemoteError(500, "internal_error", "no answer"))
-        else:
-            results.append([{"index": i, "label": labels[i], "score": score} for i, score in pairs])
-    return Classified(results, ok.queue_s, ok.preprocess_s, ok.compute_s)
+    if not isinstance(ok, wire.Rows):
+        raise RemoteError(500, "internal_error", f"the engine answered a run with {type(ok).__name__}")
+    errors = reply.image_errors or []
+    flat = np.frombuffer(ok.data, dtype="<f4")
+    table = flat.reshape(-1, ok.classes) if ok.classes else np.empty((len(errors), 0), np.float32)
+    rows: list[np.ndarray | ServiceError] = list(table)
+    for i, f in enumerate(errors):
+        if f is not None:
+            rows[i] = wire.raised(f)
+    return Ran(rows, ok.queue_s, ok.compute_s, ok.preprocess_s)

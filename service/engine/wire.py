@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import msgspec
 
@@ -68,26 +68,16 @@ class Release(msgspec.Struct, tag=True):
     id: int
 
 
-class Classify(msgspec.Struct, tag=True):
-    """Classify ``images``: pixels under the admission ``id``, or encoded bytes (admitted here)."""
+class Run(msgspec.Struct, tag=True):
+    """Run ``payloads`` through the model's batcher: pixels under the admission ``id`` (``admitted``), or,
+    admitted here on arrival, model inputs (KServe tensors) or encoded images (the engine decodes them)."""
 
     id: int
     model: str
     version: str | None
-    top_k: int
     deadline: float
-    images: list[Blob]
+    payloads: list[Blob]
     admitted: bool = False
-
-
-class Infer(msgspec.Struct, tag=True):
-    """KServe v2: the logits of a float32 batch of model inputs."""
-
-    id: int
-    model: str
-    version: str | None
-    deadline: float
-    batch: Blob
 
 
 #: what a ``Call`` may ask
@@ -152,21 +142,15 @@ class Admitted(msgspec.Struct, tag=True):
     version: int
 
 
-class Scores(msgspec.Struct, tag=True):
-    """A ``Classify``'s answer: per image, its top-k as (class index, score) pairs, best first (None where
-    the image has its own error in ``Reply.image_errors``); the labels are in the front end's catalog."""
-
-    results: list[list[tuple[int, float]] | None]
-    queue_s: float
-    preprocess_s: float
-    compute_s: float
-
-
-class Logits(msgspec.Struct, tag=True):
-    """An ``Infer``'s answer: float32 logits, row-major."""
+class Rows(msgspec.Struct, tag=True):
+    """A ``Run``'s answer: one float32 logits row of ``classes`` values per payload, row after row (zeros
+    where the payload has its own error in ``Reply.image_errors``), and where the time went."""
 
     data: bytes
-    shape: tuple[int, ...]
+    classes: int
+    queue_s: float
+    compute_s: float
+    preprocess_s: float
 
 
 class Stats(msgspec.Struct, tag=True):
@@ -179,12 +163,7 @@ class Described(msgspec.Struct, tag=True):
     model: dict[str, Any]
 
 
-Answer = Admitted | Scores | Logits | Status | CatalogData | Stats | Described
-
-
-def pairs(predictions: list[dict[str, object]]) -> list[tuple[int, float]]:
-    """An image's predictions as they travel: (class index, score), best first."""
-    return [(cast(int, p["index"]), cast(float, p["score"])) for p in predictions]
+Answer = Admitted | Rows | Status | CatalogData | Stats | Described
 
 
 class Failure(msgspec.Struct, array_like=True):
@@ -213,7 +192,7 @@ def raised(f: Failure) -> RemoteError:
     return RemoteError(f.status, f.code, f.message, f.headers)
 
 
-Message = Hello | Admit | Release | Classify | Infer | Call | Reply
+Message = Hello | Admit | Release | Run | Call | Reply
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -103,6 +103,26 @@ def test_model_statistics_are_the_engines_whichever_front_end_answered(split: Se
     c.close()
 
 
+def test_encoded_images_sent_to_the_engine_answer_the_same(model_repo: Path, tmp_path: Path, single: Server,
+                                                            photos: dict[str, bytes]) -> None:
+    """``--ipc-payload bytes`` (what a GPU-decode model gets): the JPEG bytes travel, the engine admits,
+    decodes and runs them (the same client protocol, over its in-process transport): the same answers as
+    one process, and a bad image is still the request's 400 naming it."""
+    srv = start_server(model_repo, tmp_path, "--processes", "2", "--ipc-payload", "bytes")
+    try:
+        for name, data in photos.items():
+            a = httpx.post(f"{srv.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
+            b = httpx.post(f"{single.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
+            pa, pb = a["results"][0]["predictions"], b["results"][0]["predictions"]
+            assert [p["index"] for p in pa] == [p["index"] for p in pb], name
+            assert np.allclose([p["score"] for p in pa], [p["score"] for p in pb], atol=1e-5), name
+        files = [("file", ("ok.jpg", photos["coffee.jpg"], "image/jpeg")), ("file", ("bad.jpg", b"nope", "image/jpeg"))]
+        bad = httpx.post(f"{srv.url}/classify", files=files, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("image 1 (bad.jpg)"), bad.text
+    finally:
+        srv.stop()
+
+
 def test_v2_and_the_admin_api_reach_the_engine(split: Server, photos: dict[str, bytes]) -> None:
     with httpx.Client(base_url=split.url, timeout=60) as c:
         meta = c.get("/v2/models/resnet18").json()

@@ -67,8 +67,10 @@ def test_messages_round_trip_and_errors_keep_their_status() -> None:
         reader.feed_eof()
         return await wire.read(reader)
 
-    msg = wire.Classify(3, "m", None, 5, 12.5, [wire.Blob(64, 10), wire.Blob(0, 3, b"abc", (1, 3))], admitted=True)
+    msg = wire.Run(3, "m", None, 12.5, [wire.Blob(64, 10), wire.Blob(0, 3, b"abc", (1, 3))], admitted=True)
     assert asyncio.run(roundtrip(msg)) == msg
+    rows = wire.Reply(3, ok=wire.Rows(b"\0" * 8, 2, 0.1, 0.2, 0.0), image_errors=[None])
+    assert asyncio.run(roundtrip(rows)) == rows  # a typed answer comes back typed
     err = wire.failure(QueueFull("queue is full", retry_after_s=3))
     back = asyncio.run(roundtrip(wire.Reply(1, error=err)))
     assert isinstance(back, wire.Reply) and back.error is not None
