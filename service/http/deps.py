@@ -25,5 +25,15 @@ def app_settings(request: Request) -> Settings:
     return settings
 
 
-Client = Annotated[EngineClient, Depends(engine_client)]
-AppSettings = Annotated[Settings, Depends(app_settings)]
+# FastAPI runs a plain ``def`` dependency in its thread pool (a thread hop per request); these read an
+# attribute, so they are coroutines and run on the event loop.
+async def _client(request: Request) -> EngineClient:
+    return engine_client(request)
+
+
+async def _settings(request: Request) -> Settings:
+    return app_settings(request)
+
+
+Client = Annotated[EngineClient, Depends(_client)]
+AppSettings = Annotated[Settings, Depends(_settings)]
