@@ -21,6 +21,9 @@ class ServiceError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __str__(self) -> str:
+        return self.message  # what is answered, also after a caller made it more precise (an image's index)
+
 
 class BadRequest(ServiceError):
     """400 for a malformed request (e.g. a KServe v2 inference request)."""
