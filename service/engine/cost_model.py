@@ -24,12 +24,24 @@ from dataclasses import dataclass
 
 #: EWMA weight of a new observation
 ALPHA = 0.2
-#: one outlier moves an estimate at most this many times up; a lasting slowdown still shows in a few
+#: one outlier counts at most this many times over (or under) the estimate; a lasting change still shows
+#: in a few batches
 OUTLIER_CAP = 4.0
+#: how far one batch moves the machine's speed (``level``), the batch size's own place (``shape``), and
+#: how much of ``level`` passes into every size's place each batch (so ``level`` returns to 1 and a lasting
+#: speed is every size's, run lately or not). Updates are in log space with a symmetric cap: noise has no
+#: direction, so nothing drifts (a linear update capped on one side drifted ``level`` up without bound
+#: while the sizes run kept their price by drifting down, and a size not run for a while was priced
+#: 40-60x over after ~4,000 batches of noise).
+LEVEL_GAIN, SHAPE_GAIN, TRANSFER = 0.35, 0.05, 0.02
 #: EWMA weight of a new deviation of the estimate's error from its mean (TCP's RTTVAR gain)
 BETA = 0.25
 #: a promise keeps this many mean deviations of the estimate's error (TCP's retransmit timeout keeps 4)
 MARGIN = 4.0
+
+
+def _capped(ratio: float) -> float:
+    return min(OUTLIER_CAP, max(1 / OUTLIER_CAP, ratio))
 
 
 def _ewma(old: float, new: float, first: bool) -> float:
@@ -64,8 +76,9 @@ class CostModel:
     """What a batch of each size costs, the pre stage per image, and how far the estimate was off.
 
     A batch's cost is ``level x shape[size]``: ``shape`` is the cost profile over batch sizes, learnt
-    slowly, size by size; ``level`` is how fast the machine runs now, learnt from every batch. A size not
-    seen for a while keeps its place in the profile and follows the machine's speed through ``level``,
+    slowly, size by size; ``level`` is how fast the machine runs now, learnt fast from every batch, and
+    what lasts of it passes into every size's place (``TRANSFER``). A size not seen for a while keeps its
+    place in the profile and follows the machine's speed through ``level`` and that transfer,
     so a CPU that slows down (a quota, a noisy neighbour, a burst of requests to parse) shows in the
     price of every size after a few batches, not only of the sizes it has run since.
     """
@@ -91,14 +104,18 @@ class CostModel:
         """A batch of ``size`` images took ``seconds`` on an instance."""
         self.samples += 1
         self.typical_batch += (size - self.typical_batch) * (ALPHA if self.samples > 1 else 1.0)
+        seconds = max(seconds, 1e-9)
         if size not in self.shape:
             self.shape[size] = seconds / self.level
             return
-        expected = self.level * self.shape[size]
-        seconds = min(seconds, OUTLIER_CAP * expected)
         # most of a surprise is the machine's speed (every size pays it); a little is this size's own
-        self.level *= 1 + ALPHA * (seconds / expected - 1) if expected > 0 else 1
-        self.shape[size] += ALPHA / 4 * (seconds / self.level - self.shape[size])
+        self.level *= _capped(seconds / (self.level * self.shape[size])) ** LEVEL_GAIN
+        self.shape[size] *= _capped(seconds / (self.level * self.shape[size])) ** SHAPE_GAIN
+        # a lasting speed becomes every size's: the estimates stay as they are, ``level`` heads back to 1
+        moved = self.level ** TRANSFER
+        self.level /= moved
+        for s in self.shape:
+            self.shape[s] *= moved
 
     def observe_pre(self, images: int, seconds: float) -> None:
         """A request reached the device queue ``seconds`` after its admission, with ``images`` in the
