@@ -70,14 +70,19 @@ def test_front_ends_map_no_runtime_and_the_engine_does(split: Server) -> None:
     assert RUNTIME_LIBS.search(Path(f"/proc/{pids(split, 'engine')[-1]}/maps").read_text())
 
 
-def test_answers_match_the_single_process_service(split: Server, single: Server, photos: dict[str, bytes]) -> None:
-    """Front ends decode and preprocess (pixels through shared memory): the same answer as one process."""
+def assert_same_answers(url: str, single: Server, photos: dict[str, bytes]) -> None:
+    """Every photo's top-5 from ``url`` is the one-process service's (labels, and scores to 1e-5)."""
     for name, data in photos.items():
-        a = httpx.post(f"{split.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
+        a = httpx.post(f"{url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
         b = httpx.post(f"{single.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
         pa, pb = a["results"][0]["predictions"], b["results"][0]["predictions"]
         assert [p["index"] for p in pa] == [p["index"] for p in pb], name
         assert np.allclose([p["score"] for p in pa], [p["score"] for p in pb], atol=1e-5), name
+
+
+def test_answers_match_the_single_process_service(split: Server, single: Server, photos: dict[str, bytes]) -> None:
+    """Front ends decode and preprocess (pixels through shared memory): the same answer as one process."""
+    assert_same_answers(split.url, single, photos)
 
 
 def _grpc_port(srv: Server) -> int:
@@ -110,12 +115,7 @@ def test_encoded_images_sent_to_the_engine_answer_the_same(model_repo: Path, tmp
     one process, and a bad image is still the request's 400 naming it."""
     srv = start_server(model_repo, tmp_path, "--processes", "2", "--ipc-payload", "bytes")
     try:
-        for name, data in photos.items():
-            a = httpx.post(f"{srv.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
-            b = httpx.post(f"{single.url}/classify?top_k=5", content=data, headers=JPEG, timeout=60).json()
-            pa, pb = a["results"][0]["predictions"], b["results"][0]["predictions"]
-            assert [p["index"] for p in pa] == [p["index"] for p in pb], name
-            assert np.allclose([p["score"] for p in pa], [p["score"] for p in pb], atol=1e-5), name
+        assert_same_answers(srv.url, single, photos)
         files = [("file", ("ok.jpg", photos["coffee.jpg"], "image/jpeg")), ("file", ("bad.jpg", b"nope", "image/jpeg"))]
         bad = httpx.post(f"{srv.url}/classify", files=files, timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("image 1 (bad.jpg)"), bad.text
