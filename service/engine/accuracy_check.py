@@ -40,6 +40,7 @@ from modelrepo.checkset import (
 from modelrepo.cpu import this_cpu
 from modelrepo.errors import RepositoryError
 from modelrepo.layout import ModelEntry
+from service.engine.description import AccuracyInfo
 from service.engine.routing import VARIANT_PARAM
 from service.runtimes import LoadSpec, Runtime
 from service.runtimes.faults import FaultyRuntime
@@ -89,13 +90,11 @@ class AccuracyCheck:
     exported_on: str = ""
     checked_on: str = ""
 
-    def describe(self) -> dict[str, object]:
-        out: dict[str, object] = {"status": self.status, "message": self.message}
-        if self.score is not None and self.gate is not None:
-            out |= {"precision": self.precision, "score": round(self.score, 4), "gate": round(self.gate, 4),
-                    "images": self.images, "seconds": round(self.seconds, 3), "exported_on": self.exported_on,
-                    "checked_on": self.checked_on}
-        return out
+    def describe(self) -> AccuracyInfo:
+        if self.score is None or self.gate is None:
+            return AccuracyInfo(self.status, self.message)
+        return AccuracyInfo(self.status, self.message, self.precision, round(self.score, 4), round(self.gate, 4),
+                            self.images, round(self.seconds, 3), self.exported_on, self.checked_on)
 
 
 def _pct(x: float) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from service.config import Settings
 from service.engine.catalog import ServedModel, image_error
+from service.engine.description import ModelDescription
 from service.engine.result_cache import ResultCache
 from service.engine.scores import Predictions, predictions
 from service.engine.statistics import ModelStat
@@ -151,10 +152,10 @@ class EngineClient:
         except ServiceError:
             return None
 
-    async def describe(self, name: str) -> dict[str, Any]:
+    async def describe(self, name: str) -> ModelDescription:
         return await self.transport.describe(name)
 
-    async def describe_all(self) -> list[dict[str, Any]]:
+    async def describe_all(self) -> list[ModelDescription]:
         return [await self.describe(n) for n in self.transport.names()]
 
     def refresh_gauges(self) -> None:
@@ -165,7 +166,7 @@ class EngineClient:
         return await self.transport.statistics()
 
     # -- model management ------------------------------------------------------------------------
-    async def load(self, name: str) -> dict[str, Any]:
+    async def load(self, name: str) -> ModelDescription:
         """(Re)load ``name``; results cached under its previous load are never answered again (their key
         names the load) and are dropped here to free the room."""
         described = await self.transport.load(name)

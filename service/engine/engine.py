@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
+import msgspec
+
 from service.engine.admission import Admission
 from service.engine.catalog import ServedModel, image_error
+from service.engine.description import ModelDescription
 from service.engine.instance import ModelInstance
 from service.engine.manager import ModelManager
 from service.engine.statistics import ModelStat, Statistics
@@ -92,25 +95,20 @@ class Engine:
         """Each served model's ``source.weights`` (latest version): whose predictions mean something."""
         return {n: i[-1].weights for n in self.manager.names() if (i := self.manager.instances(n))}
 
-    async def describe(self, name: str) -> dict[str, Any]:
+    async def describe(self, name: str) -> ModelDescription:
         m = self.manager
         if name not in m.names():
             raise ModelNotFound(f"unknown model {name!r}; served models: {', '.join(m.names()) or 'none'}")
         instances = m.instances(name)
         state = m.states.get(name, "unknown")
         if not instances:
-            out: dict[str, object] = {"name": name, "state": state, "versions": []}
-            if name in m.fallbacks:
-                out["served_by"] = m.fallbacks[name]
-            return out
-        latest = instances[-1].describe()
-        latest["state"] = state
-        latest["versions"] = [str(i.version) for i in instances]
-        if name in m.routes:  # --runtime auto: a variant on a better runtime serves this name
-            latest["served_by"], latest["route"] = m.routes[name]
-        return latest
+            return ModelDescription(name, state, [], served_by=m.fallbacks.get(name))
+        served_by, route = m.routes.get(name, (None, None))  # --runtime auto: a variant on a better runtime
+        versions = [str(i.version) for i in instances]
+        return msgspec.structs.replace(instances[-1].describe(), state=state, versions=versions,
+                                       served_by=served_by, route=route)
 
-    async def load(self, name: str) -> dict[str, Any]:
+    async def load(self, name: str) -> ModelDescription:
         await self.manager.load(name)
         return await self.describe(name)
 

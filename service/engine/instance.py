@@ -12,6 +12,7 @@ from modelrepo.layout import ModelEntry
 from modelrepo.preprocess import Preprocess
 from service.engine.accuracy_check import AccuracyCheck
 from service.engine.batching import Batcher
+from service.engine.description import BatchingInfo, InputInfo, ModelDescription, PreprocessInfo
 from service.engine.pipeline import Pipeline
 from service.runtimes import Runtime
 
@@ -62,41 +63,21 @@ class ModelInstance:
         """Runtime and precision in use, e.g. ``openvino-cpu bf16``: the model_ready metric's runtime label."""
         return f"{self.runtime.label} {self.runtime.precision}"
 
-    def describe(self) -> dict[str, object]:
-        cfg = self.batcher.config
-        params = self.entry.params
-        return {
-            "name": self.name,
-            "version": str(self.version),
-            "platform": self.entry.platform,
-            "runtime": self.runtime.label,
-            "precision": self.runtime.precision,
-            "device": self.runtime.device_kind,
-            "runtime_choice": self.runtime_reason,
-            **({"runtime_untested": self.runtime_untested} if self.runtime_untested else {}),
-            "instances": len(self.runtimes),
-            "decode": self.pipeline.kind,
-            "state": "ready",
-            "input": {"name": "input", "shape": list(self.input_shape)},
-            "num_classes": len(self.labels),
-            "preprocess": {
-                "resize_shorter": self.preprocess.resize_shorter,
-                "crop": self.preprocess.crop,
-                "mean": list(self.preprocess.mean),
-                "std": list(self.preprocess.std),
-                "interpolation": self.preprocess.interpolation,
-            },
-            "batching": {
-                "max_batch_size": cfg.max_batch_size,
-                "preferred_batch_sizes": cfg.preferred_batch_sizes,
-                "max_queue_delay_ms": cfg.max_queue_delay_s * 1000,
-                "max_queue_size": cfg.max_queue_size,
-                "dispatch_when_idle": cfg.dispatch_when_idle,
-                "default_timeout_s": self.default_timeout_s,
-            },
-            "weights": self.weights,
-            **({"accuracy_check": self.accuracy.describe()} if self.accuracy is not None else {}),
-            "source": {k: v for k, v in params.items()
-                       if k.startswith(("source.", "export.", "tensorrt.", "openvino.", "serve."))},
-            "queue_depth": self.batcher.queue_depth,
-        }
+    def describe(self) -> ModelDescription:
+        """This version as ``/models`` shows it (the engine fills in the model's state and versions)."""
+        cfg, pp = self.batcher.config, self.preprocess
+        return ModelDescription(
+            name=self.name, state="ready", versions=[str(self.version)], version=str(self.version),
+            platform=self.entry.platform, runtime=self.runtime.label, precision=self.runtime.precision,
+            device=self.runtime.device_kind, runtime_choice=self.runtime_reason,
+            runtime_untested=self.runtime_untested or None, instances=len(self.runtimes), decode=self.pipeline.kind,
+            input=InputInfo("input", list(self.input_shape)), num_classes=len(self.labels),
+            preprocess=PreprocessInfo(pp.resize_shorter, pp.crop, list(pp.mean), list(pp.std), pp.interpolation),
+            batching=BatchingInfo(cfg.max_batch_size, list(cfg.preferred_batch_sizes), cfg.max_queue_delay_s * 1000,
+                                  cfg.max_queue_size, cfg.dispatch_when_idle, self.default_timeout_s),
+            weights=self.weights,
+            accuracy_check=self.accuracy.describe() if self.accuracy is not None else None,
+            source={k: v for k, v in self.entry.params.items()
+                    if k.startswith(("source.", "export.", "tensorrt.", "openvino.", "serve."))},
+            queue_depth=self.batcher.queue_depth,
+        )

@@ -35,6 +35,7 @@ from service.config import Settings
 from service.engine import wire
 from service.engine.arena import Arena
 from service.engine.catalog import Catalog, ModelView, ServedModel
+from service.engine.description import ModelDescription
 from service.engine.generation import GenerationCell
 from service.engine.statistics import ModelStat
 from service.engine.transport import Ran, Ticket
@@ -241,10 +242,10 @@ class RemoteEngine:
         """The engine process's: every front end's requests."""
         return (await self._call("statistics", wire.Stats)).models
 
-    async def describe(self, name: str) -> dict[str, Any]:
+    async def describe(self, name: str) -> ModelDescription:
         return (await self._call("describe", wire.Described, name)).model
 
-    async def load(self, name: str) -> dict[str, Any]:
+    async def load(self, name: str) -> ModelDescription:
         out = await self._call("load", wire.Described, name)
         await self._fetch_catalog()
         return out.model

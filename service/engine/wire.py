@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
+from service.engine.description import ModelDescription
 from service.engine.statistics import ModelStat
 from service.errors import Answerable, RemoteError, as_service_error
 
@@ -158,9 +159,9 @@ class Stats(msgspec.Struct, tag=True):
 
 
 class Described(msgspec.Struct, tag=True):
-    """``describe`` / ``load``: the model as ``GET /models/{name}`` shows it (its JSON, as it is rendered)."""
+    """``describe`` / ``load``: the model as ``GET /models/{name}`` shows it."""
 
-    model: dict[str, Any]
+    model: ModelDescription
 
 
 Answer = Admitted | Rows | Status | CatalogData | Stats | Described

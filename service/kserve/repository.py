@@ -20,8 +20,7 @@ async def index(client: EngineClient) -> list[dict[str, str]]:
     await client.sync()
     out = []
     for d in await client.describe_all():
-        name, state = str(d["name"]), str(d.get("state", "unknown"))
-        reason = "" if state == "ready" else state
-        versions = [str(v) for v in d.get("versions", [])] or [""]
-        out += [{"name": name, "version": v, "state": _triton_state(state), "reason": reason} for v in versions]
+        reason = "" if d.state == "ready" else d.state
+        out += [{"name": d.name, "version": v, "state": _triton_state(d.state), "reason": reason}
+                for v in d.versions or [""]]
     return sorted(out, key=lambda m: (m["name"], m["version"]))

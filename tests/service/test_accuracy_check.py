@@ -95,7 +95,7 @@ async def test_a_check_set_that_holds_here_is_run_and_passes(tmp_path: Path, cap
     with caplog.at_level(logging.INFO, "service.engine.manager"):
         await m.load("tiny_int8")
     try:
-        check = m.get("tiny_int8").describe()["accuracy_check"]
+        check = m.get("tiny_int8").describe().json()["accuracy_check"]
         assert isinstance(check, dict)
         assert check["status"] == "passed" and check["score"] == 1.0 and check["gate"] == 0.98
         assert check["images"] == 32 and check["precision"] == "int8"
@@ -122,7 +122,7 @@ async def test_below_the_gate_an_int8_version_is_refused_saying_why(tmp_path: Pa
                       "--accept-accuracy-loss", "IMGSERVE_ACCEPT_ACCURACY_LOSS"):
             assert words in reason, words
         described = await engine.describe("tiny_int8")
-        assert described["state"] == reason and described["versions"] == []
+        assert described.state == reason and described.versions == []
         ok, why = EngineClient(engine.manager.settings, metrics, transport=engine).readiness()
         assert not ok and f"tiny_int8: {reason}" in why
         assert engine.not_ready().keys() == {"tiny_int8"}  # the FP32 model serves
@@ -142,7 +142,7 @@ async def test_the_reason_reaches_a_front_end_of_processes_2(tmp_path: Path) -> 
         catalog = Catalog.parse(sent)
         assert "is refused here" in catalog.not_ready["tiny_int8"]
         assert catalog.states["tiny_int8"] == m.states["tiny_int8"]
-        served = msgspec.msgpack.decode(msgspec.msgpack.encode(m.get("other_int8").describe()))
+        served = msgspec.msgpack.decode(msgspec.msgpack.encode(m.get("other_int8").describe()))  # as it travels
         assert served["accuracy_check"]["status"] == "passed"
     finally:
         await m.close()
@@ -154,7 +154,7 @@ async def test_the_accept_setting_serves_it_with_a_warning(tmp_path: Path, caplo
     with caplog.at_level(logging.INFO, "service.engine.manager"):
         await m.load("tiny_int8")
     try:
-        check = m.get("tiny_int8").describe()["accuracy_check"]
+        check = m.get("tiny_int8").describe().json()["accuracy_check"]
         assert isinstance(check, dict) and check["status"] == "accepted_loss"
         assert "BELOW ITS ACCURACY GATE (--accept-accuracy-loss)" in str(check["message"])
         assert any(r.levelno == logging.WARNING and "BELOW ITS ACCURACY GATE" in r.getMessage()
@@ -221,8 +221,8 @@ async def test_a_version_without_a_check_set_loads_as_before(tmp_path: Path,
         await m.load_all()
     try:
         assert m.not_ready() == {}
-        assert m.get("tiny_int8").describe()["accuracy_check"]["status"] == "no_check_set"  # type: ignore[index]
-        assert m.get("tiny").describe()["accuracy_check"]["status"] == "not_needed"  # type: ignore[index]
+        assert m.get("tiny_int8").describe().json()["accuracy_check"]["status"] == "no_check_set"  # type: ignore[index]
+        assert m.get("tiny").describe().json()["accuracy_check"]["status"] == "not_needed"  # type: ignore[index]
         said = [r.getMessage() for r in caplog.records if "no accuracy check set" in r.getMessage()]
         assert len(said) == 1 and "tiny_int8 v1" in said[0]
     finally:
@@ -292,7 +292,7 @@ async def test_openvino_bf16_below_the_gate_serves_fp32_for_real(tmp_path: Path)
                      Metrics())
     await m.load("tiny")
     try:
-        described = m.get("tiny").describe()
+        described = m.get("tiny").describe().json()
         assert described["precision"] == "fp32"
         assert described["accuracy_check"]["status"] == "served_fp32"  # type: ignore[index]
     finally:

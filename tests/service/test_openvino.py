@@ -171,7 +171,7 @@ async def test_bad_models_are_not_ready_while_others_serve(model_repo: Path, onn
         for name in ("resnet18", "good_ir"):
             inst = manager.get(name)
             assert inst.runtime.label == "openvino-cpu"
-            assert inst.describe()["platform"] == ("openvino" if name == "good_ir" else "onnxruntime_onnx")
+            assert inst.describe().platform == ("openvino" if name == "good_ir" else "onnxruntime_onnx")
             rows = await inst.batcher.run([np.zeros(SHAPE, np.float32)], None)
             assert rows[0][0].shape == (1000,)
     finally:

@@ -56,6 +56,6 @@ async def test_a_cpu_model_is_ready_after_warming_size_1(tmp_path: Path, monkeyp
         assert calls == warmed
         if flags == {}:
             assert "at batch size 1 in" in caplog.text and "sizes up to 4: on their first batch" in caplog.text
-        assert m.get("tiny").describe()["state"] == "ready"
+        assert m.get("tiny").describe().state == "ready"
     finally:
         await m.close()

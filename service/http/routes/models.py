@@ -13,17 +13,18 @@ router = APIRouter()
 @router.get("/models")
 async def list_models(client: Client) -> JSONResponse:
     await client.sync()
-    return JSONResponse({"models": await client.describe_all(), "default_model": client.default_model()})
+    return JSONResponse({"models": [d.json() for d in await client.describe_all()],
+                         "default_model": client.default_model()})
 
 
 @router.get("/models/{name}")
 async def get_model(name: str, client: Client) -> JSONResponse:
-    return JSONResponse(await client.describe(name))
+    return JSONResponse((await client.describe(name)).json())
 
 
 @router.post("/models/{name}/load")
 async def load_model(name: str, client: Client) -> JSONResponse:
-    return JSONResponse(await client.load(name))
+    return JSONResponse((await client.load(name)).json())
 
 
 @router.post("/models/{name}/unload")
