@@ -128,6 +128,9 @@ class Engine:
         return _instance(model).pipeline.pre
 
     async def admit(self, model: ServedModel, n: int, deadline: float, decodes: bool) -> Ticket:
+        return self.admit_now(model, n, deadline, decodes)
+
+    def admit_now(self, model: ServedModel, n: int, deadline: float, decodes: bool) -> Ticket:
         """Queue room for ``n`` payloads, deadline-aware (503 + Retry-After when it cannot be had)."""
         inst = _instance(model)
         return Ticket(inst, n, deadline, inst.batcher.admit(n, deadline, decodes))

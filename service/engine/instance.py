@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -36,7 +35,6 @@ class ModelInstance:
     runtime_untested: str = ""
     #: what re-running its accuracy check set here found (``service.engine.accuracy_check``)
     accuracy: AccuracyCheck | None = None
-    loaded_at: float = field(default_factory=time.time)
     #: this load of the version, unique across loads and engine restarts: a reload of the same version (new
     #: weights in place) gets a new one, so results cached under the old one are never answered again
     load_id: str = field(default_factory=lambda: secrets.token_hex(8))

@@ -4,7 +4,7 @@ runtimes of one device, serving the front ends over a Unix socket (``service.eng
 Each front end connects, says where its shared memory arena is (``Hello``) and then sends requests;
 each runs as its own task and is answered on its connection when done. An ``Admit`` reserves queue
 room before the front end decodes (deadline-aware admission decided here, rendered there as 503 +
-Retry-After); the ``Classify`` that follows runs under that reservation, and a front end that goes
+Retry-After); the ``Run`` that follows runs under that reservation, and a front end that goes
 away gives back whatever it still held. ``status`` and ``catalog`` calls tell the front ends what is
 served and whether it is ready; ``load``/``unload``/``describe`` forward the admin API.
 """
@@ -25,7 +25,6 @@ import numpy as np
 from modelrepo.config import format_config
 from service.config import Settings
 from service.engine import wire
-from service.engine.admission import Admission
 from service.engine.arena import ArenaView
 from service.engine.client import EngineClient
 from service.engine.engine import Engine
@@ -48,16 +47,10 @@ def view_data(inst: ModelInstance) -> wire.ViewData:
     )
 
 
-def generation(manager: ModelManager) -> str:
-    """Changes whenever what the catalog says changes (a load, unload, failure or reroute)."""
-    loaded = sorted((n, i.version, i.loaded_at) for n in manager.names() for i in manager.instances(n))
-    return repr((loaded, sorted(manager.states.items()), sorted(manager.routes.items()),
-                 sorted(manager.fallbacks.items())))
-
-
 def status(manager: ModelManager, started: bool) -> wire.Status:
-    """The small part a front end polls: readiness and the generation of the full catalog."""
-    return wire.Status(generation(manager), started, manager.not_ready())
+    """The small part a front end polls: readiness and the generation of the full catalog (the manager's
+    count of changes: a load, unload, failure or reroute, the same count the shared cell carries)."""
+    return wire.Status(str(manager.changes), started, manager.not_ready())
 
 
 def snapshot(manager: ModelManager, started: bool) -> wire.CatalogData:
@@ -89,7 +82,7 @@ class _Connection:
                  writer: asyncio.StreamWriter) -> None:
         self.engine, self.client, self.reader, self.writer = engine, client, reader, writer
         self.view: ArenaView | None = None
-        self.admitted: dict[int, tuple[ModelInstance, Admission]] = {}
+        self.admitted: dict[int, Ticket] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.name = "?"
 
@@ -131,19 +124,20 @@ class _Connection:
             self.writer.write(wire.encode(msg))
 
     def _admit(self, msg: wire.Admit) -> None:
+        """Answered at once, in the order the front end sent it (the engine's admit never waits)."""
         try:
             inst = self.engine.model(msg.model, msg.version)
-            admitted = inst.batcher.admit(msg.n, msg.deadline)
+            ticket = self.engine.admit_now(inst, msg.n, msg.deadline, decodes=True)
         except ANSWERABLE as e:
             self._send(wire.Reply(msg.id, error=wire.failure(e)))
             return
-        self.admitted[msg.id] = (inst, admitted)
+        self.admitted[msg.id] = ticket
         self._send(wire.Reply(msg.id, ok=wire.Admitted(inst.name, inst.version)))
 
     def _release(self, rid: int) -> None:
-        held = self.admitted.pop(rid, None)
-        if held is not None:
-            held[0].batcher.release(held[1].n)
+        ticket = self.admitted.pop(rid, None)
+        if ticket is not None:
+            self.engine.release(ticket)
 
     async def _answer(self, msg: wire.Message) -> None:
         rid = getattr(msg, "id", 0)
@@ -179,11 +173,10 @@ class _Connection:
         protocol here, through the engine's own client (admit, decode in the engine's pool, run)."""
         e, payloads = self.engine, [self._payload(b) for b in msg.payloads]
         if msg.admitted:
-            held = self.admitted.pop(msg.id, None)
-            if held is None:
+            ticket = self.admitted.pop(msg.id, None)
+            if ticket is None:
                 raise BadRequest(f"run {msg.id} was not admitted")
-            inst, admission = held
-            return await e.run(Ticket(inst, admission.n, msg.deadline, admission), payloads)
+            return await e.run(ticket, payloads)
         inst = e.model(msg.model, msg.version)
         if payloads and all(isinstance(p, np.ndarray) for p in payloads):
             return await e.run(await e.admit(inst, len(payloads), msg.deadline, decodes=False), payloads)
