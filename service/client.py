@@ -131,10 +131,19 @@ def error_of(r: httpx.Response) -> dict[str, str]:
     except (ValueError, AttributeError):
         err = None
     if isinstance(err, dict) and "message" in err:
-        return {"code": str(err.get("code", r.status_code)), "message": str(err["message"])}
+        out = {"code": str(err.get("code", r.status_code)), "message": str(err["message"])}
+        if err.get("help"):  # the code's entry in the error catalogue
+            out["help"] = str(err["help"])
+        return out
     if isinstance(err, str):
         return {"code": str(r.status_code), "message": err}
     return {"code": str(r.status_code), "message": r.text[:300] or r.reason_phrase}
+
+
+def describe(error: dict[str, str]) -> str:
+    """``code: message``, and where the error catalogue says what to do about it when the answer linked it."""
+    text = f"{error['code']}: {error['message']}"
+    return f"{text} (see {error['help']})" if error.get("help") else text
 
 
 def advise(client: httpx.Client, outcomes: list[Outcome]) -> None:
@@ -160,7 +169,7 @@ def print_table(outcomes: list[Outcome], out: TextIO, err: TextIO) -> None:
     for o in outcomes:
         if o.error is not None:
             status = f"HTTP {o.status} " if o.status else ""
-            print(f"{o.path}: error: {status}{o.error['code']}: {o.error['message']}", file=err)
+            print(f"{o.path}: error: {status}{describe(o.error)}", file=err)
             continue
         preds = o.body["results"][0]["predictions"]
         timing = parse_server_timing(o.server_timing or "")
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         out.write("\n")
         for o in outcomes:
             if o.error is not None:
-                print(f"{o.path}: error: {o.error['code']}: {o.error['message']}", file=err)
+                print(f"{o.path}: error: {describe(o.error)}", file=err)
     else:
         print_table(outcomes, out, err)
     return max((o.exit_code for o in outcomes), default=OK)

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     processes: int = Field(
         1, ge=1, description="HTTP front-end processes sharing the port (SO_REUSEPORT); with 2 or more they feed "
-        "one engine process that owns the models and batchers (DESIGN.md section 5); 1: one process, no IPC",
+        "one engine process that owns the models and batchers (docs/guides/process-model.md); 1: one process, no IPC",
     )
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="KServe v2 over gRPC (inference.GRPCInferenceService, grpc.health.v1) "
@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         [], description="browser origins allowed to call the API (repeat the flag or comma-separate; env: a "
         "JSON list); default: none, no CORS headers"
+    )
+    docs_url: str | None = Field(
+        None, description="address of the published documentation (e.g. https://example.org/imgserve): error "
+        "answers link to <docs-url>/reference/errors/#<code>; default: the repository's page, "
+        "docs/reference/errors.md#<code>"
     )
     log_format: Literal["json", "text"] = Field("text", description="log line format (json in containers)")
     log_level: str = Field("INFO", description="logging level")

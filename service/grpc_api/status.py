@@ -1,11 +1,13 @@
 """The one map from the service's errors to gRPC status codes (HTTP renders the same errors through
 ``service.http.error_render``). Retry advice travels in trailing metadata (``retry-after``, seconds), as the
-machine code does (``imgserve-error-code``)."""
+machine code does (``imgserve-error-code``) and the link to its error-catalogue entry (``imgserve-error-help``,
+also at the end of the message). ``service.error_catalogue`` lists each code's status from ``grpc_code``."""
 
 from __future__ import annotations
 
 import grpc
 
+from service.error_links import help_link, with_help
 from service.errors import Answerable, as_service_error
 
 #: machine codes whose 503/429 mean "too much now": RESOURCE_EXHAUSTED (retry later), not UNAVAILABLE
@@ -25,13 +27,18 @@ _BY_STATUS = {
 }
 
 
+def grpc_code(http_status: int, code: str) -> grpc.StatusCode:
+    """The gRPC status of a service error with this HTTP status and machine code."""
+    if code in _EXHAUSTED:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return _BY_STATUS.get(http_status, grpc.StatusCode.INTERNAL)
+
+
 def grpc_status(error: Answerable) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(status code, message, trailing metadata) answering ``error``."""
     err = as_service_error(error)
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED if err.code in _EXHAUSTED else _BY_STATUS.get(
-        err.status, grpc.StatusCode.INTERNAL)
-    trailing = [("imgserve-error-code", err.code)]
+    trailing = [("imgserve-error-code", err.code), ("imgserve-error-help", help_link(err.code))]
     if "Retry-After" in err.headers:
         trailing.append(("retry-after", err.headers["Retry-After"]))
-    return code, err.message, tuple(trailing)
+    return grpc_code(err.status, err.code), with_help(err.message, err.code), tuple(trailing)
 

@@ -23,6 +23,7 @@ from modelrepo.errors import ImageError, RepositoryError
 from service.access import AccessControl
 from service.config import Settings
 from service.engine.client import EngineClient
+from service.error_links import configure_docs_url
 from service.errors import Answerable, BadParameter, RateLimited, ServiceError
 from service.http.body_guard import BodyBudget, BodyGuard
 from service.http.error_render import render_error
@@ -162,6 +163,7 @@ def _add_routes(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_docs_url(settings.docs_url)  # error answers (HTTP, gRPC, connection guard) link to the catalogue
     access = AccessControl(settings)  # a missing or malformed --api-keys-file fails here, at start
     metrics = Metrics()
     client = EngineClient(settings, metrics)

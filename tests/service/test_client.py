@@ -127,7 +127,8 @@ def failing_server() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             self.rfile.read(int(self.headers.get("content-length", 0)))
-            body = json.dumps({"error": {"code": "internal_error", "message": "runtime failed: boom"}}).encode()
+            body = json.dumps({"error": {"code": "internal_error", "message": "runtime failed: boom",
+                                         "help": "docs/reference/errors.md#internal_error"}}).encode()
             self.send_response(500)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -148,7 +149,7 @@ def failing_server() -> Iterator[str]:
 def test_5xx_exits_3(failing_server: str, images: Path) -> None:
     rc, _, err = run(str(images / "chelsea.jpg"), "--url", failing_server)
     assert rc == client.SERVER_ERROR
-    assert "HTTP 500 internal_error: runtime failed: boom" in err
+    assert "HTTP 500 internal_error: runtime failed: boom (see docs/reference/errors.md#internal_error)" in err
 
 
 def test_module_entry_point(server: Server, images: Path) -> None:

@@ -1,4 +1,4 @@
-"""POST /classify (DESIGN.md §2)."""
+"""POST /classify (docs/reference/http-api.md)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ OPENAPI = {
     "post": {
         "summary": "Classify one or more images",
         "description": "Raw image body (image/jpeg, png, webp, bmp, gif, application/octet-stream) or "
-        "multipart/form-data with one or more parts named `file`. See DESIGN.md §2.",
+        "multipart/form-data with one or more parts named `file`.",
         "parameters": [
             {"name": "model", "in": "query", "schema": {"type": "string"}, "description": "model name"},
             {"name": "version", "in": "query", "schema": {"type": "string"}, "description": "default: latest"},
@@ -189,11 +189,12 @@ OPENAPI = {
     }
 }
 
-#: the one error shape every route answers with (DESIGN.md §2)
+#: the one error shape every route answers with (docs/reference/http-api.md)
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string", "description": "machine code, e.g. bad_image"},
-                   "message": {"type": "string", "description": "what went wrong and how to fix it"}}}}}
+                   "message": {"type": "string", "description": "what went wrong and how to fix it"},
+                   "help": {"type": "string", "description": "the code's entry in the error catalogue (a link)"}}}}}
 
 
 def _render(client: EngineClient, served: ServedModel, uploads: list[Upload], answer: Answer) -> JSONResponse:
