@@ -40,6 +40,7 @@ COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest
+COPY imgserve_cli imgserve_cli
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && pip install -q --no-deps . \
@@ -76,6 +77,7 @@ COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest
+COPY imgserve_cli imgserve_cli
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && pip install -q --no-deps . \
@@ -104,6 +106,7 @@ COPY modelrepo modelrepo
 COPY service service
 COPY export export
 COPY loadtest loadtest
+COPY imgserve_cli imgserve_cli
 # onnxruntime-gpu replaces the CPU onnxruntime (the same module); TensorRT, torch(vision) and NVML from '.[gpu]'
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \

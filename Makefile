@@ -9,7 +9,7 @@ MODEL ?= resnet50
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast photos accuracy bench bench-overload bench-processes locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
+.PHONY: serve test test-fast docs docs-build photos accuracy bench bench-overload bench-processes locust loadtest venv model clean-venv deploy-test deploy-validate gpu-check gpu-check-dry
 
 venv: $(STAMP)
 
@@ -47,7 +47,7 @@ photos:
 	  cd / && rm -rf $$tmp && echo "photos: unpacked Debian's darknet photos into $(PHOTOS_DIR)"; \
 	fi
 
-# The accuracy table (README, "Real predictions"): every runtime and precision through the HTTP service.
+# The accuracy table (docs/guides/precisions.md, "The accuracy suite"): every runtime and precision through the HTTP service.
 accuracy: $(STAMP) photos
 	$(PY) -m pytest -q -p no:cacheprovider tests/accuracy -rs
 
@@ -55,22 +55,31 @@ serve: model
 	$(PY) -m service --model-repo $(REPO) --default-model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m ruff check service export tests loadtest deploy modelrepo
+	$(PY) -m ruff check service export tests loadtest deploy modelrepo imgserve_cli
 	$(PY) -m mypy
 	$(PY) -m pytest -ra
+
+# The documentation site (docs/, mkdocs.yml): served with live reload on 127.0.0.1:8002 (8001 is gRPC), or
+# built strictly (a broken link or anchor, a missing or orphan page fails it) into site/. Offline: no web fonts.
+DOCS_PORT ?= 8002
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a $(HOST):$(DOCS_PORT)
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Development: the unit tier only (no server started, no model exported; under a minute).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration" -p no:cacheprovider
 
-# Benchmark: engine limit vs service vs naive server (loadtest/README.md). Needs Debian's wrk.
+# Benchmark: engine limit vs service vs naive server (docs/development/benchmarks.md). Needs Debian's wrk.
 BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
 	$(PY) -m loadtest.bench --repo $(REPO) $(BENCH_ARGS)
 
-# Load shedding and per-key rate limits timed as ratios within one run (loadtest/README.md; ~30 s).
+# Load shedding and per-key rate limits timed as ratios within one run (docs/development/benchmarks.md; ~30 s).
 OVERLOAD_MODEL ?= resnet18
 bench-overload: $(STAMP)
 	@if [ ! -f $(REPO)/$(OVERLOAD_MODEL)/config.pbtxt ]; then \
@@ -104,7 +113,7 @@ loadtest: $(STAMP)
 	echo "report: $(LOADTEST_OUT)/report.html (exit status $$rc)"; exit $$rc
 
 # Build the images and run the compose stack for real (docker.io, debootstrap and dockerd are set up when
-# missing; needs root): build, up, classify, Prometheus, locust, non-root, drain, down. See the README.
+# missing; needs root): build, up, classify, Prometheus, locust, non-root, drain, down. See docs/guides/deploy.md.
 # DEPLOY_TEST_ARGS=--no-export-image skips the export image (torch: 6.5 GB) and exports on the host instead.
 DEPLOY_TEST_ARGS ?=
 deploy-test: $(STAMP)
@@ -117,7 +126,7 @@ deploy-validate: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The GPU check (README, "GPU"): wheels, Debian's wrk and the photo corpus into .gpucheck/, then the
+# The GPU check (docs/guides/gpu.md): wheels, Debian's wrk and the photo corpus into .gpucheck/, then the
 # measurement: here when this machine has a GPU, else the printed command runs on a lent GPU machine
 # (the device tool, carrying .gpucheck). GPU_CHECK_OUT gets gpu_check.json/.md/.log.
 GPU_CHECK_OUT ?= loadtest/results/gpu-check-$(LOADTEST_STAMP)

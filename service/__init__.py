@@ -1,4 +1,4 @@
-"""imgserve: an image-classification service (DESIGN.md).
+"""imgserve: an image-classification service (docs/: the contract and the guides).
 
 ``service.http`` is the front end (routes, auth, limits, rendering, server processes),
 ``service.engine`` the engine (models, batching, admission, pipeline steps), ``service.runtimes`` the

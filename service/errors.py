@@ -1,8 +1,10 @@
 """One error hierarchy; each error carries its HTTP status and a machine code.
 
 The repository format's own errors (``modelrepo.errors``, no HTTP notion) map onto it through
-``as_service_error``. Both render as ``{"error": {"code", "message"}}`` through ``service.http.error_render``
-(KServe v2 routes: ``{"error": message}``, the v2 shape). Messages say what went wrong and how to fix it.
+``as_service_error``. Both render as ``{"error": {"code", "message", "help"}}`` through
+``service.http.error_render`` (KServe v2 routes: ``{"error": message}``, the v2 shape), ``help`` linking the
+code's entry in ``service.error_catalogue`` (which every code here needs: its tests walk these classes).
+Messages say what went wrong and how to fix it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus collectors (names fixed by DESIGN.md §4), on a registry per app."""
+"""Prometheus collectors (names fixed by docs/reference/metrics.md), on a registry per app."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class Metrics:
         # Readiness is "livemin": 1 only when every live worker that has loaded this version still serves it
         # (SO_REUSEPORT spreads requests over all workers, so one worker's 0 means some requests miss).
         # Not "max": non-live files are never removed, so a crashed worker's 1 would stay forever. Not
-        # "liveall": it adds a pid label, one series per worker, and §4's label set would change.
+        # "liveall": it adds a pid label, one series per worker, and the documented label set would change.
         self.model_ready = Gauge(
             "inference_model_ready", "1 when the model version is loaded and warmed up",
             ["model", "version", "runtime"], registry=r, multiprocess_mode="livemin",

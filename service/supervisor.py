@@ -1,6 +1,6 @@
 """``--processes N``: N HTTP front ends sharing one port through SO_REUSEPORT (the kernel spreads
 connections over them) and ONE engine process that owns the models, batchers and runtimes
-(DESIGN.md §5; ``service.engine.process``), so one batcher sees all the traffic and a GPU has one
+(docs/guides/process-model.md; ``service.engine.process``), so one batcher sees all the traffic and a GPU has one
 context. They talk over a Unix socket and shared memory in a private IPC folder.
 
 Processes are spawned (never forked: CUDA does not survive a fork); their metrics merge through

@@ -1,4 +1,4 @@
-"""The engine process of ``--processes N`` (DESIGN.md §5): the models, batchers, instance pools and
+"""The engine process of ``--processes N`` (docs/guides/process-model.md): the models, batchers, instance pools and
 runtimes of one device, serving the front ends over a Unix socket (``service.engine.wire``).
 
 Each front end connects, says where its shared memory arena is (``Hello``) and then sends requests;

@@ -1,4 +1,4 @@
-"""The messages between a front end and the engine process (``--processes N``, DESIGN.md §5).
+"""The messages between a front end and the engine process (``--processes N``, docs/guides/process-model.md).
 
 Frames on the engine's Unix socket are a 4-byte little-endian length and one MessagePack-encoded
 ``msgspec`` struct, tagged by type. Images never ride in them when they fit the front end's shared

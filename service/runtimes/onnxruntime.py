@@ -105,5 +105,5 @@ class OnnxRuntime:
 
 
 def engine_cache_dir(model_file: Path) -> Path:
-    """TensorRT EP engine cache inside the version folder (Triton ignores it), per DESIGN.md §1."""
+    """TensorRT EP engine cache inside the version folder (Triton ignores it) (docs/reference/repository-format.md)."""
     return model_file.parent / ".engines"

@@ -357,7 +357,7 @@ def test_request_input_does_not_mint_metric_labels(server: Server, photos: dict[
 def test_unusable_tensorrt_plan_falls_back_to_its_onnx_model(model_repo: Path, tmp_path: Path,
                                                              photos: dict[str, bytes]) -> None:
     """A resnet18_trt plan that cannot run here (no TensorRT/GPU) must not block readiness: its
-    requests are served by resnet18 (DESIGN.md §1)."""
+    requests are served by resnet18 (docs/reference/repository-format.md)."""
     import shutil
 
     from modelrepo.config import read_config, set_params, write_config

@@ -1,4 +1,5 @@
-"""``--processes 2``: two HTTP front ends feed ONE engine process (DESIGN.md §5), and failure stays contained.
+"""``--processes 2``: two HTTP front ends feed ONE engine process, and failure stays contained
+(docs/guides/process-model.md).
 
 Each test reads the supervisor's log for the processes' pids ("engine started (pid N)").
 """

@@ -1,4 +1,4 @@
-"""KServe v2 / Open Inference Protocol over HTTP (DESIGN.md §2), as Triton serves it.
+"""KServe v2 / Open Inference Protocol over HTTP (docs/reference/kserve-v2.md), as Triton serves it.
 
 JSON tensors and the binary-tensor extension (``Inference-Header-Content-Length``), Triton's
 classification and model-repository extensions, so ``tritonclient.http`` and Triton's tools work
