@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -115,27 +116,41 @@ async def closed_loop(host: str, port: int, request: bytes, clients: int, second
 async def open_loop(host: str, port: int, request: bytes, rate: float, seconds: float,
                     max_connections: int = 512) -> list[Answer]:
     """Arrivals at a fixed ``rate`` whatever the answers (a crowd), on up to ``max_connections``."""
+    offsets = [i / rate for i in range(int(rate * seconds))]
+    return await scheduled(host, port, [request], offsets, max_connections)
+
+
+def poisson_offsets(rate: float, seconds: float, seed: int = 0) -> list[float]:
+    """Arrival times (s from the start) of a Poisson process at ``rate`` over ``seconds``: independent
+    users, as a public service sees them (MLPerf's server scenario), not a metronome."""
+    rng = random.Random(seed)
+    out: list[float] = []
+    t = rng.expovariate(rate)
+    while t < seconds:
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+async def scheduled(host: str, port: int, requests: Sequence[bytes], offsets: Sequence[float],
+                    max_connections: int = 512) -> list[Answer]:
+    """Open loop: request ``i`` (``requests`` in turn) sent at ``offsets[i]`` s whatever the answers, on up to
+    ``max_connections`` keep-alive connections; every answer, in the order sent."""
     idle: list[Connection] = []
-    opened = 0
     sem = asyncio.Semaphore(max_connections)
 
-    async def one() -> Answer:
-        nonlocal opened
+    async def one(request: bytes) -> Answer:
         async with sem:
-            if idle:
-                conn = idle.pop()
-            else:
-                conn = Connection(host, port)
-                opened += 1
+            conn = idle.pop() if idle else Connection(host, port)
             answer = await conn.send(request)
             idle.append(conn)
             return answer
 
     tasks = []
     t0 = time.monotonic()
-    for i in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-        tasks.append(asyncio.create_task(one()))
+    for i, at in enumerate(offsets):
+        await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+        tasks.append(asyncio.create_task(one(requests[i % len(requests)])))
     answers = list(await asyncio.gather(*tasks))
     for c in idle:
         c.close()
