@@ -19,6 +19,9 @@ from loadtest.tune.space import Start, first_candidates, model_config, variants
 from loadtest.tune.tuner import Outcome, Tuner
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+DESCRIPTION = ("Find the configuration (runtime, precision, batching, instances/streams, processes) with the highest "
+               "rate one model serves on this machine at a p99 target, under Poisson arrivals of real JPEGs, and "
+               "prove it with a confirmation run at 90% of that rate. Guide: docs/guides/capacity.md.")
 
 
 def say(msg: str) -> None:
@@ -26,7 +29,7 @@ def say(msg: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.tune", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m loadtest.tune", description=DESCRIPTION)
     ap.add_argument("--repo", type=Path, default=Path("model_repo"), help="the model repository")
     ap.add_argument("--model", default="resnet50", help="the model; its _int8/_ov/... siblings are its variants")
     ap.add_argument("--p99-ms", type=float, required=True, help="the p99 target, whole request as a client sees it")
