@@ -9,8 +9,9 @@ Stages, each keeping the best so far (a coordinate search; the engine's batch co
 5. ``--processes 2``: front ends decoding in parallel beside one engine process.
 Every search starts at the best capacity so far, so a stage costs a few runs. The budget is checked
 before each run; what is left when it runs out is listed as not tried. Then the best configuration
-runs again, on a fresh server, at ``CONFIRM_SHARE`` of its capacity for ``confirm_s``; if that run
-misses the target, once more at ``FALLBACK_SHARE``, and the figure reported is what passed.
+runs again, on a fresh server, at ``CONFIRM_SHARES[0]`` (90 %) of its capacity for ``confirm_s``; each
+run that misses the target is followed by one at the next, lower share, and the figure reported is the
+first that passed (none when every share missed: the search's figure is then not a capacity).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 from loadtest.tune.search import Probe, Search, bracket
 from loadtest.tune.space import Candidate, Start, batch_options, parallel_options
 
-CONFIRM_SHARE = 0.9
-FALLBACK_SHARE = 0.75
+#: the confirmation's rates, as shares of the searched capacity, tried in turn until one meets the target
+CONFIRM_SHARES = (0.9, 0.75, 0.6)
 SWITCH_GAIN = 1.03  # a stage's winner must beat the current best by this much (a run's noise is not a gain)
 STARTUP_S = 30.0  # what a server start and its warm-up are budgeted at
 
@@ -166,7 +167,7 @@ class Tuner:
         best = out.best
         if best.capacity <= 0:
             return
-        for share in (CONFIRM_SHARE, FALLBACK_SHARE):
+        for share in CONFIRM_SHARES:
             rate = best.capacity * share
             self.say(f"[confirm] {best.candidate.label()}: {rate:.1f} req/s ({share:.0%} of {best.capacity:.1f}) "
                      f"for {self.confirm_s:g} s on a fresh server")

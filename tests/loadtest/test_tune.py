@@ -18,7 +18,7 @@ from loadtest.tune.costs import Costs
 from loadtest.tune.search import Probe, Search, bracket
 from loadtest.tune.simulated import SimulatedServer
 from loadtest.tune.space import Candidate, first_candidates, gate_problem
-from loadtest.tune.tuner import CONFIRM_SHARE, FALLBACK_SHARE, Tuner
+from loadtest.tune.tuner import CONFIRM_SHARES, Tuner
 
 TARGET = 150.0
 
@@ -143,20 +143,33 @@ def test_the_tuner_finds_the_better_configuration_and_confirms_it() -> None:
     assert out.best.capacity > 1.5 * out.default.capacity  # batching pays on this machine
     assert not out.best.candidate.default
     assert {t.stage for t in out.tried} >= {"default", "runtime+precision", "parallelism", "batching", "processes"}
-    assert out.confirmations[0].rate == pytest.approx(CONFIRM_SHARE * out.best.capacity)
+    assert out.confirmations[0].rate == pytest.approx(CONFIRM_SHARES[0] * out.best.capacity)
     assert out.confirmed_rps == out.confirmations[0].rate
 
 
 def test_a_failed_confirmation_reports_the_lower_figure() -> None:
     clock = FakeClock()
-    tuner = Tuner(TARGET, simulated_serve(clock, slower_on_confirm=1.25), budget_s=3600, confirm_s=60,
+    tuner = Tuner(TARGET, simulated_serve(clock, slower_on_confirm=1.25), budget_s=7200, confirm_s=60,
+                  say=lambda m: None, clock=clock, min_requests=4000, probe_s=(30.0, 60.0))
+    out = tuner.tune(5.0, start(), {"m": 16})
+    shares = [p.rate / out.best.capacity for p in out.confirmations]
+    assert shares == pytest.approx(CONFIRM_SHARES[: len(shares)])  # down the ladder, in order
+    assert not out.confirmations[0].passes(TARGET)
+    passed = [p for p in out.confirmations if p.passes(TARGET)]
+    assert passed == out.confirmations[-1:]  # it stops at the first pass
+    assert out.confirmed_rps == passed[0].rate < CONFIRM_SHARES[0] * out.best.capacity
+
+
+def test_no_confirmed_capacity_when_every_share_misses() -> None:
+    from loadtest.tune.output import summary
+
+    clock = FakeClock()
+    tuner = Tuner(TARGET, simulated_serve(clock, slower_on_confirm=4.0), budget_s=3600, confirm_s=60,
                   say=lambda m: None, clock=clock)
     out = tuner.tune(5.0, start(), {"m": 16})
-    assert len(out.confirmations) == 2
-    assert not out.confirmations[0].passes(TARGET)
-    assert out.confirmations[1].rate == pytest.approx(FALLBACK_SHARE * out.best.capacity)
-    assert out.confirmed_rps in (0.0, out.confirmations[1].rate)
-    assert out.confirmed_rps < CONFIRM_SHARE * out.best.capacity
+    assert len(out.confirmations) == len(CONFIRM_SHARES)
+    assert out.confirmed_rps == 0.0
+    assert "NOT confirmed" in summary(out)
 
 
 def test_the_budget_stops_the_search_and_keeps_the_confirmation() -> None:
