@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         tuner = Tuner(args.p99_ms, live.serving, budget_s=args.budget_min * 60 - (time.monotonic() - t0),
                       confirm_s=args.confirm_s, cores=args.cores, say=say, probe_s=tuple(args.probe_seconds),
                       max_candidates=args.max_candidates, max_probes=args.max_probes)
-        out = tuner.tune(default_start(args, measured, starts), starts, max_batch)
+        out = tuner.tune(args.model, default_start(args, measured, starts), starts, max_batch)
     out.pruned = skipped + pruned
     out.wall_s = time.monotonic() - t0
     finish(args, out, {"model": args.model, "repo": str(args.repo), "cpu": cpu, "cores": args.cores,

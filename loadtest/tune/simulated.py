@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loadtest.rawclient import poisson_offsets
 from loadtest.tune.search import Probe
 
 DEADLINE_MS = 30_000.0  # a request not answered within this failed (the service's default deadline)
@@ -32,10 +33,8 @@ class SimulatedServer:
     seed: int = 0
 
     def arrivals(self, rate: float, seconds: float) -> np.ndarray:
-        """Poisson arrival times (s) in [0, seconds): the seed's unit-rate gaps scaled by the rate."""
-        gaps = np.random.default_rng(self.seed).exponential(1.0, size=int(rate * seconds * 2) + 16)
-        times = np.cumsum(gaps) / rate
-        return times[times < seconds]
+        """The load generator's own Poisson arrival times (s): one seed's gaps, scaled by the rate."""
+        return np.array(poisson_offsets(rate, seconds, self.seed))
 
     def _decoded(self, arrivals: np.ndarray) -> list[float]:
         free = [0.0] * self.workers

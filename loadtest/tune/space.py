@@ -15,6 +15,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from loadtest.tune.costs import Costs
 from modelrepo.checkset import PARAM_MIN, PARAM_SCORE
 from modelrepo.config import ModelConfig, get_params, read_config
 from modelrepo.layout import scan_model
@@ -170,8 +171,8 @@ class Start:
     predicted_rps: float
 
 
-def first_candidates(costs: list[Any], target_ms: float, cores: int) -> tuple[list[Start], list[str]]:
-    """From measured costs (``costs.Costs``): one candidate per (variant, runtime) at the largest batch that
+def first_candidates(costs: list[Costs], target_ms: float, cores: int) -> tuple[list[Start], list[str]]:
+    """From measured costs: one candidate per (variant, runtime) at the largest batch that
     fits the target, best predicted first, and why each other pair was pruned."""
     ranked: list[Start] = []
     pruned: list[str] = []

@@ -141,12 +141,12 @@ class Tuner:
                 best = tried
         return best
 
-    def tune(self, default_start: float, starts: list[Start], max_batch: dict[str, int]) -> Outcome:
-        """``default_start``: where the default's search starts; ``starts``: the runtime-and-precision stage's
-        candidates (``space.first_candidates``); ``max_batch``: each variant's exported batch limit."""
+    def tune(self, model: str, default_start: float, starts: list[Start], max_batch: dict[str, int]) -> Outcome:
+        """``model``: the one the default serves (also when the costs pruned every pair); ``default_start``:
+        where its search starts; ``starts``: the runtime-and-precision stage's candidates
+        (``space.first_candidates``); ``max_batch``: each variant's exported batch limit."""
         out = Outcome(self.target_ms)
-        base = min((s.candidate.model for s in starts), key=len, default="")
-        default = self.measure(Candidate(base, default=True), "default", default_start)
+        default = self.measure(Candidate(model, default=True), "default", default_start)
         out.tried.append(default)
         lead: Tried | None = None
         for s in starts:

@@ -138,7 +138,7 @@ def test_the_tuner_finds_the_better_configuration_and_confirms_it() -> None:
     # runs long enough for a steady p99 (a short run's p99 is a handful of requests: see the next test)
     tuner = Tuner(TARGET, simulated_serve(clock), budget_s=7200, confirm_s=60, say=lambda m: None, clock=clock,
                   min_requests=4000, probe_s=(30.0, 60.0))
-    out = tuner.tune(5.0, start(), {"m": 16})
+    out = tuner.tune("m", 5.0, start(), {"m": 16})
     assert out.default.capacity > 0
     assert out.best.capacity > 1.5 * out.default.capacity  # batching pays on this machine
     assert not out.best.candidate.default
@@ -151,7 +151,7 @@ def test_a_failed_confirmation_reports_the_lower_figure() -> None:
     clock = FakeClock()
     tuner = Tuner(TARGET, simulated_serve(clock, slower_on_confirm=1.25), budget_s=7200, confirm_s=60,
                   say=lambda m: None, clock=clock, min_requests=4000, probe_s=(30.0, 60.0))
-    out = tuner.tune(5.0, start(), {"m": 16})
+    out = tuner.tune("m", 5.0, start(), {"m": 16})
     shares = [p.rate / out.best.capacity for p in out.confirmations]
     assert shares == pytest.approx(CONFIRM_SHARES[: len(shares)])  # down the ladder, in order
     assert not out.confirmations[0].passes(TARGET)
@@ -166,7 +166,7 @@ def test_no_confirmed_capacity_when_every_share_misses() -> None:
     clock = FakeClock()
     tuner = Tuner(TARGET, simulated_serve(clock, slower_on_confirm=4.0), budget_s=3600, confirm_s=60,
                   say=lambda m: None, clock=clock)
-    out = tuner.tune(5.0, start(), {"m": 16})
+    out = tuner.tune("m", 5.0, start(), {"m": 16})
     assert len(out.confirmations) == len(CONFIRM_SHARES)
     assert out.confirmed_rps == 0.0
     assert "NOT confirmed" in summary(out)
@@ -175,7 +175,7 @@ def test_no_confirmed_capacity_when_every_share_misses() -> None:
 def test_the_budget_stops_the_search_and_keeps_the_confirmation() -> None:
     clock = FakeClock()
     tuner = Tuner(TARGET, simulated_serve(clock), budget_s=400, confirm_s=60, say=lambda m: None, clock=clock)
-    out = tuner.tune(5.0, start(), {"m": 16})
+    out = tuner.tune("m", 5.0, start(), {"m": 16})
     assert any(t.note == "not tried: time budget spent" for t in out.tried)
     assert out.confirmations  # the reserve kept the confirmation in the budget
     assert clock.now <= 400 + 60 + 10 + tuner.probe_s[1]  # one run may finish past the check
@@ -201,7 +201,7 @@ def confirmed_outcome() -> tuple:
     clock = FakeClock()
     tuner = Tuner(TARGET, simulated_serve(clock), budget_s=7200, confirm_s=60, say=lambda m: None, clock=clock,
                   min_requests=4000, probe_s=(30.0, 60.0))
-    return tuner.tune(5.0, start(), {"m": 16}), clock
+    return tuner.tune("m", 5.0, start(), {"m": 16}), clock
 
 
 def test_write_keeps_the_old_config_and_writes_what_was_measured(tmp_path: Path) -> None:
