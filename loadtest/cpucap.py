@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +113,22 @@ def smooth_period_ms(per_core: float, slice_ms: float = 2.0) -> float:
     """The shortest period (at least 10 ms) that still gives the group ``slice_ms`` of CPU each time:
     throttling in short bursts, more like a uniformly slow CPU than the default 100 ms."""
     return max(10.0, slice_ms / (per_core * (os.cpu_count() or 1)))
+
+
+def settle(group: CpuCgroup, per_core: float, measure: Callable[[], float], target_rps: float,
+           tries: int = 3, tolerance: float = 0.2) -> tuple[float, float]:
+    """Rescale ``group``'s quota until ``measure()`` (the rate the capped process serves now) is within
+    ``tolerance`` of ``target_rps``, at most ``tries`` times. A quota's effect is not proportional to it
+    (throttling in bursts costs more than the CPU it withholds), so ``per_core_for``'s guess alone landed
+    at 0.3-0.7x the target. Returns (the quota per core, the rate measured at it)."""
+    rps = measure()
+    for _ in range(tries):
+        if rps > 0 and abs(rps / target_rps - 1) <= tolerance:
+            break
+        per_core = min(1.0, max(0.005, per_core * (target_rps / rps if rps > 0 else 2.0)))
+        group.set_quota(per_core * (os.cpu_count() or 1), round(smooth_period_ms(per_core) * 1000))
+        rps = measure()
+    return per_core, rps
 
 
 def _read(path: Path) -> str:
