@@ -86,13 +86,13 @@ def test_overload_on_a_slow_cpu_keeps_admissions_promise(model_repo: Path, tmp_p
         cpu0 = proc_cpu_s(pid)
         fast = closed(srv.url, body, 2, 3.0)
         cores = (proc_cpu_s(pid) - cpu0) / 3.0
-        quota = cpucap.per_core_for(SLOW_RPS, sum(o.status == 200 for o in fast) / 3.0, cores)
+        quota = cpucap.per_core_for(SLOW_RPS, rate(fast, 3.0), cores)
         with cpucap.cap(pid, quota, cpucap.smooth_period_ms(quota)) as group:
             # the quota that makes this machine serve about SLOW_RPS (the estimate learns the slow machine
             # meanwhile): slower than designed, a single request's noise would fill the deadline
             quota, _ = cpucap.settle(group, quota, lambda: rate(closed(srv.url, body, 2, 2.0), 2.0), SLOW_RPS)
             slow = closed(srv.url, body, 2, 4.0)
-            capacity = sum(o.status == 200 for o in slow) / 4.0
+            capacity = rate(slow, 4.0)
             hist0 = estimate_error.scrape(srv.url, "resnet18")
             burst = paced(srv.url, body, 3 * capacity, 6.0, {"X-Request-Timeout-Ms": "2000"})
             error = estimate_error.summary(estimate_error.delta(hist0, estimate_error.scrape(srv.url, "resnet18")))
